@@ -1,0 +1,307 @@
+"""Recipes: one YAML file per run, read into dataclasses, with `key.sub=value` overrides.
+
+Unknown keys and wrong types are one-line errors that name the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from drift_lite.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    """The reference policy: `toy` (embedded default), `smollm2-135m` (PyPI), a local folder or a hub id."""
+
+    name: str = "toy"
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    quantization: str = "none"  # none | nf4
+    device: str = "auto"  # auto | cpu | cuda
+    trust_remote_code: bool = False
+
+
+@dataclass
+class ToyConfig:
+    """How the embedded default reference model is built (only used when model.name is `toy`)."""
+
+    seed: int = 0
+    hidden_size: int = 128
+    layers: int = 2
+    steps: int = 1500
+    batch_size: int = 16
+    lr: float = 3e-3
+
+
+@dataclass
+class TaskConfig:
+    """Where training prompts come from."""
+
+    name: str = "toy"
+    source: str | None = None  # hub id or local json/jsonl/csv/parquet path; None = the task's default
+    size: int | None = 256  # number of prompts (None = all)
+    seed: int = 0
+    checker: str | None = None  # None = the task's default checker
+
+
+@dataclass
+class EnvConfig:
+    """The multi-turn environment (release values by default)."""
+
+    max_turns: int = 5
+    format_penalty: float = -0.1
+    mode: str = "simple"  # simple | full
+    shots: int = 0  # worked examples shown as earlier turns (part of the masked prompt)
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling the reference policy (release: T 1.0, top_p 1.0, 512 tokens/turn, N 16)."""
+
+    n_samples: int = 8
+    max_new_tokens: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 64
+
+
+@dataclass
+class WeightsConfig:
+    """Returns and weights: `drift` (self-normalized exp(R/beta)), `uniform` (SFT), `correct_only` (RFT)."""
+
+    scheme: str = "drift"
+    gamma: float = 0.9
+    beta: float = 0.1
+    repeat_coef: float = 0.5
+    drop_equal_groups: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Weighted SFT (release: lr 5e-6, constant + 10% warmup, 1 epoch, batch 128, wd 0.1, clip 1.0)."""
+
+    finetune: str = "qlora"  # qlora (nf4 + LoRA) | lora | full
+    lr: float = 5e-6
+    lr_scheduler: str = "constant_with_warmup"
+    warmup_ratio: float = 0.1
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 8
+    grad_accum: int = 16
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    normalize: str = "mean"  # mean: mean_i w_i l_i | weight_sum: sum_i w_i l_i / sum_i w_i
+    target: str = "last"  # last assistant message | all assistant messages
+    max_length: int = 2048
+    shuffle: bool = False
+    group_by_length: bool = True
+    save_steps: int = 50
+    seed: int = 0
+
+
+@dataclass
+class EvalSetConfig:
+    """One evaluation set: a task, its source and size."""
+
+    task: str = "toy"
+    source: str | None = None
+    size: int | None = 128
+    checker: str | None = None
+    name: str | None = None  # the `<set>` in eval-<set>.json; defaults to the task name
+
+
+@dataclass
+class EvalConfig:
+    """Multi-turn evaluation (release: greedy)."""
+
+    sets: list[EvalSetConfig] = field(default_factory=lambda: [EvalSetConfig()])
+    greedy: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    repeats: int = 1
+    max_new_tokens: int = 512
+    batch_size: int = 64
+
+
+@dataclass
+class ReportConfig:
+    """What the report shows."""
+
+    plots: bool = True
+
+
+@dataclass
+class Recipe:
+    """One run: recipe → rollouts → weights → training → evaluation → report."""
+
+    name: str = "run"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    toy: ToyConfig = field(default_factory=ToyConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (YAML/JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short hash of the named sections (all when none): what a step's outputs depend on."""
+        data = self.to_dict()
+        picked = {s: data[s] for s in sections} if sections else data
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+CHOICES = {
+    "model.dtype": {"float32", "bfloat16", "float16"},
+    "model.quantization": {"none", "nf4"},
+    "model.device": {"auto", "cpu", "cuda"},
+    "env.mode": {"simple", "full"},
+    "weights.scheme": {"drift", "uniform", "correct_only"},
+    "train.finetune": {"qlora", "lora", "full"},
+    "train.normalize": {"mean", "weight_sum"},
+    "train.target": {"last", "all"},
+}
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
+    """Read a recipe YAML (or the defaults when `path` is None) and apply `key.sub=value` overrides."""
+    where = str(path) if path is not None else "<defaults>"
+    data: dict = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise UserError(f"{where}: cannot read recipe ({e.strerror or e})") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise UserError(f"{where}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override '{item}': expected key.sub=value")
+        try:
+            parsed = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            parsed = value
+        _set_path(data, key.strip().split("."), parsed)
+    recipe = _build(Recipe, data, where, "")
+    _check_choices(recipe, where)
+    return recipe
+
+
+def _set_path(data: dict, keys: list[str], value: object) -> None:
+    for k in keys[:-1]:
+        nxt = data.get(k)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            data[k] = nxt
+        data = nxt
+    data[keys[-1]] = value
+
+
+def _build(cls: type, data: object, where: str, prefix: str):
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: key '{prefix.rstrip('.') or '<top>'}': expected a mapping, got {_tname(data)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise UserError(f"{where}: unknown key '{full}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, where, full)
+    return cls(**kwargs)
+
+
+def _coerce(tp: object, value: object, where: str, key: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where, key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UserError(f"{where}: key '{key}': expected a list, got {_tname(value)}")
+        return [_coerce(item_tp, v, where, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where, key + ".")
+    if tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        value = _as_float(value)  # YAML 1.1 reads `1e-4` as a string
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise UserError(f"{where}: key '{key}': expected {tp.__name__}, got {_tname(value)} {value!r}")
+    return value
+
+
+def _as_float(value: int | str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _tname(value: object) -> str:
+    return {dict: "mapping", list: "list", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _check_choices(recipe: Recipe, where: str) -> None:
+    data = recipe.to_dict()
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = data[section][name]
+        if value not in allowed:
+            raise UserError(f"{where}: key '{key}': expected one of {sorted(allowed)}, got {value!r}")
+    checks = [
+        ("weights.beta", recipe.weights.beta > 0, "must be > 0"),
+        ("weights.gamma", 0 < recipe.weights.gamma <= 1, "must be in (0, 1]"),
+        ("env.max_turns", recipe.env.max_turns >= 1, "must be >= 1"),
+        ("rollout.n_samples", recipe.rollout.n_samples >= 1, "must be >= 1"),
+        ("rollout.temperature", recipe.rollout.temperature > 0, "must be > 0"),
+        ("train.batch_size", recipe.train.batch_size >= 1, "must be >= 1"),
+        ("train.grad_accum", recipe.train.grad_accum >= 1, "must be >= 1"),
+    ]
+    for key, ok, rule in checks:
+        if not ok:
+            raise UserError(f"{where}: key '{key}': {rule}")
+
+
+def dump_recipe(recipe: Recipe, path: str | Path, extra: dict | None = None) -> None:
+    """Write the resolved recipe as YAML (atomically), with optional extra top-level info (versions...)."""
+    data = recipe.to_dict()
+    text = yaml.safe_dump(data, sort_keys=False)
+    if extra:
+        text += "# provenance (not part of the recipe)\n" + "".join(
+            f"# {line}\n" for line in yaml.safe_dump(extra, sort_keys=True).splitlines()
+        )
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
