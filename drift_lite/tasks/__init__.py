@@ -1,0 +1,70 @@
+"""The task registry: problem sources by name, their default checkers and feedback.
+
+`toy` is the embedded default (synthetic, no download); the others load real datasets from a hub id or a local
+json/jsonl/csv/parquet file in the dataset's own schema.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from drift_lite.errors import UserError
+from drift_lite.tasks.base import Checker, ExactChecker, Problem
+
+_FAMILY_MODULES = ["drift_lite.tasks.math", "drift_lite.tasks.choice", "drift_lite.tasks.tools"]
+
+
+def _registry() -> tuple[dict, dict]:
+    loaders, checkers = {}, {}
+    for name in _FAMILY_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        loaders.update(module.LOADERS)
+        checkers.update(module.DEFAULT_CHECKER)
+    return loaders, checkers
+
+
+def task_names() -> list[str]:
+    """Every task a recipe can name."""
+    return ["toy", *sorted(_registry()[0])]
+
+
+def load_problems(task: str, split: str, source: str | None, size: int | None, seed: int) -> list[Problem]:
+    """The problems of `task` (`split` is "train" or "eval"; real datasets have one split per name)."""
+    if task == "toy":
+        from drift_lite.tasks import toy
+
+        problems = toy.load(split, size, seed)
+    else:
+        loaders, _ = _registry()
+        if task not in loaders:
+            raise UserError(f"unknown task '{task}' (known: {', '.join(task_names())})")
+        problems = loaders[task](source, size, seed)
+    if not problems:
+        raise UserError(f"task '{task}' ({source or 'default source'}): no problems")
+    return problems
+
+
+def checker_for(task: str, name: str | None) -> Checker:
+    """The checker named in the recipe, else the task's default (`exact` for the toy tasks)."""
+    if name is None:
+        name = "exact" if task == "toy" else _registry()[1].get(task, "exact")
+    if name == "exact":
+        return ExactChecker()
+    from drift_lite.checkers import get_checker
+
+    return get_checker(name)
+
+
+def feedback_for(task: str) -> Callable[[str | None, str], str] | None:
+    """Task-specific feedback after a wrong answer (tool calls); None means the release's unary message."""
+    if task == "mtu_bench":
+        from drift_lite.tasks import tools
+
+        return tools.feedback_for
+    return None

@@ -1,0 +1,79 @@
+"""Multi-turn evaluation: the rollout engine, greedy by default (as the release evaluates), then metrics.
+
+Run it from the CLI: `drift-lite eval recipes/toy/drift.yaml --adapter runs/x/adapter --out runs/x/eval-trained`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from drift_lite.errors import UserError
+from drift_lite.rollout import Sampling, episode_settings, load_shots, make_jobs, run_episodes
+
+
+def set_name(eval_set) -> str:
+    """The `<set>` in eval-<set>.json."""
+    return eval_set.name or eval_set.task
+
+
+def evaluate(recipe, out_dir: str | Path, *, adapter: str | None = None, model=None, tokenizer=None,
+             show_progress: bool = True) -> dict:
+    """Evaluate the base model (or base + `adapter`) on every `eval.sets` entry; writes eval-<set>.json(l).
+
+    Returns, per set, {"metrics": (what eval-<set>.json holds), "generated_tokens", "seconds"}.
+    """
+    from drift_lite import models
+    from drift_lite.metrics import compute_metrics
+    from drift_lite.records import write_rows_atomic
+    from drift_lite.tasks import checker_for, feedback_for, load_problems
+
+    out_dir = Path(out_dir)
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise UserError(f"adapter not found: {adapter} (no adapter_config.json)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if model is None:
+        path = models.resolve_model_path(recipe.model, recipe.toy)
+        tokenizer = models.load_tokenizer(path, recipe.model)
+        model = models.load_model(path, recipe.model, adapter=adapter)
+    cfg = recipe.eval
+    sampling = Sampling(
+        greedy=cfg.greedy, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+        seed=recipe.seed,
+    )
+    env = episode_settings(recipe)
+    shots = load_shots(recipe)
+    results: dict = {}
+    for eval_set in cfg.sets:
+        name = set_name(eval_set)
+        problems = load_problems(eval_set.task, "eval", eval_set.source, eval_set.size, recipe.task.seed)
+        repeats = cfg.repeats if not cfg.greedy else 1
+        jobs = make_jobs(
+            problems, repeats, recipe.seed + 1, checker_for(eval_set.task, eval_set.checker), env, shots,
+            feedback_for(eval_set.task),
+        )
+        rows: list[dict | None] = [None] * len(jobs)
+        index = {(j.episode.problem.id, j.traj_idx): i for i, j in enumerate(jobs)}
+        bar = tqdm(total=len(jobs), desc=f"eval {name}", unit="episode", disable=not show_progress)
+        extra = {"task": eval_set.task, "seed": recipe.seed}
+
+        def on_done(job, rows=rows, index=index, bar=bar, extra=extra) -> None:
+            rows[index[(job.episode.problem.id, job.traj_idx)]] = job.episode.to_row(
+                **extra, traj_idx=job.traj_idx
+            )
+            bar.update(1)
+
+        start = time.perf_counter()
+        stats = run_episodes(model, tokenizer, jobs, sampling, cfg.batch_size, on_done)
+        bar.close()
+        write_rows_atomic(out_dir / f"eval-{name}.jsonl", rows)
+        metrics = compute_metrics(rows, recipe.env.max_turns)
+        tmp = out_dir / f".eval-{name}.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=1))
+        tmp.replace(out_dir / f"eval-{name}.json")
+        seconds = round(time.perf_counter() - start, 3)
+        results[name] = {"metrics": metrics, "generated_tokens": stats["generated_tokens"], "seconds": seconds}
+    return results

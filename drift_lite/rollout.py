@@ -1,0 +1,365 @@
+"""Multi-turn rollouts with HF `generate`: batched, continuously refilled, seeded per trajectory, resumable.
+
+Run it from the CLI: `drift-lite rollout recipes/toy/drift.yaml --out runs/x/rollouts.jsonl`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+from drift_lite import chat
+from drift_lite.env import Episode, EpisodeSettings
+from drift_lite.errors import UserError
+from drift_lite.tasks.base import Problem
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How each turn is decoded: greedy, or sampled with temperature / top-p from per-trajectory seeds."""
+
+    greedy: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    seed: int = 0
+
+
+def trajectory_key(seed: int, prompt_id: str, traj_idx: int) -> int:
+    """A 63-bit key naming one trajectory's random stream, independent of batching and order."""
+    digest = hashlib.blake2b(f"{seed}\x1f{prompt_id}\x1f{traj_idx}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class PerRowGumbelSampler(LogitsProcessor):
+    """Exact sampling per row with its own generator: argmax(warped logits + Gumbel noise).
+
+    HF `generate` draws every row from one global RNG, so a row's sample would depend on its batch mates.
+    Here greedy decoding runs over logits to which each row adds noise from a generator seeded by its own
+    (trajectory, turn) key; the argmax of logits plus Gumbel noise is an exact draw from the softmax.
+    """
+
+    def __init__(self, keys: list[int], temperature: float, top_p: float, device: torch.device):
+        self.generators = []
+        for key in keys:
+            g = torch.Generator(device="cpu")
+            g.manual_seed(key)
+            self.generators.append(g)
+        self.warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+        self.device = device
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.float()
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        vocab = scores.shape[-1]
+        tiny = torch.finfo(torch.float32).tiny
+        uniform = torch.stack([torch.rand(vocab, generator=g) for g in self.generators]).to(self.device)
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=tiny, max=1.0 - 1e-7)))
+        return scores + gumbel
+
+
+def generate_turn(
+    model, tokenizer, prompts: list[str], keys: list[int], sampling: Sampling
+) -> tuple[list[str], list[int]]:
+    """Generate one turn for a batch of rendered prompts (left padded); returns texts and token counts."""
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    eos = _eos_ids(model, tokenizer)
+    config = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=sampling.max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0],
+    )
+    processors = LogitsProcessorList()
+    if not sampling.greedy:
+        processors.append(PerRowGumbelSampler(keys, sampling.temperature, sampling.top_p, model.device))
+    with torch.inference_mode():
+        out = model.generate(**batch, generation_config=config, logits_processor=processors)
+    new = out[:, batch["input_ids"].shape[1] :].tolist()
+    texts, counts = [], []
+    for ids in new:
+        n = next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))
+        counts.append(n)
+        texts.append(tokenizer.decode(ids[:n], skip_special_tokens=True))
+    return texts, counts
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    extra = getattr(model.generation_config, "eos_token_id", None)
+    for i in [extra] if isinstance(extra, int) else extra or []:
+        if i not in ids:
+            ids.append(i)
+    if not ids:
+        raise UserError("the tokenizer has no eos token: cannot tell where a turn ends")
+    return ids
+
+
+@dataclass
+class Job:
+    """One trajectory to play: its episode and the key of its random stream."""
+
+    episode: Episode
+    key: int
+    traj_idx: int
+
+
+def run_episodes(
+    model,
+    tokenizer,
+    jobs: Iterable[Job],
+    sampling: Sampling,
+    batch_size: int,
+    on_done: Callable[[Job], None],
+    on_turn: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Play episodes to the end, `batch_size` at a time; a finished episode's slot is refilled at once.
+
+    Every active episode generates its next turn in one batched `generate`; the ones that finish leave and
+    queued ones take their places (continuous batching at the episode level). `on_done(job)` is called as each
+    episode ends; `on_turn(episodes, tokens)` after each batched turn.
+    """
+    model.eval()
+    queue = deque(jobs)
+    active: list[Job] = []
+    tokens = turns = 0
+    while queue or active:
+        while queue and len(active) < batch_size:
+            active.append(queue.popleft())
+        prompts = [chat.render_prompt(tokenizer, job.episode.messages) for job in active]
+        keys = [(job.key + 1_000_003 * job.episode.turn) % (1 << 63) for job in active]
+        texts, counts = generate_turn(model, tokenizer, prompts, keys, sampling)
+        still = []
+        for job, text in zip(active, texts):
+            if job.episode.step(text):
+                on_done(job)
+            else:
+                still.append(job)
+        tokens += sum(counts)
+        turns += len(active)
+        if on_turn is not None:
+            on_turn(len(active), sum(counts))
+        active = still
+    return {"generated_tokens": tokens, "turns": turns}
+
+
+def make_jobs(
+    problems: list[Problem],
+    n_samples: int,
+    seed: int,
+    checker,
+    settings: EpisodeSettings,
+    shots: list,
+    feedback_for=None,
+) -> list[Job]:
+    """N jobs per problem, in problem order."""
+    return [
+        Job(Episode(p, checker, settings, shots, feedback_for), trajectory_key(seed, p.id, i), i)
+        for p in problems
+        for i in range(n_samples)
+    ]
+
+
+class GroupWriter:
+    """Collects finished trajectories and appends whole prompt groups, in prompt order, to a JSONL file.
+
+    Writing in prompt order (not completion order) makes the file independent of batching, so an
+    interrupted and resumed run writes the same bytes as an uninterrupted one.
+    """
+
+    def __init__(self, path: Path, order: list[str], n_samples: int, row_extra: Callable[[Job], dict]):
+        from drift_lite.records import RowAppender
+
+        self.appender = RowAppender(path)
+        self.order = order
+        self.next = 0
+        self.n = n_samples
+        self.pending: dict[str, list] = {}
+        self.row_extra = row_extra
+        self.groups_written = 0
+
+    def add(self, job: Job) -> None:
+        """Record a finished trajectory; flush every group that is now complete and next in order."""
+        rows = self.pending.setdefault(job.episode.problem.id, [None] * self.n)
+        rows[job.traj_idx] = job.episode.to_row(**self.row_extra(job))
+        while self.next < len(self.order):
+            group = self.pending.get(self.order[self.next])
+            if group is None or any(r is None for r in group):
+                break
+            self.appender.append_group(group)
+            del self.pending[self.order[self.next]]
+            self.next += 1
+            self.groups_written += 1
+
+    def close(self) -> None:
+        """Close the file."""
+        self.appender.close()
+
+
+def fingerprint_path(out_path: Path) -> Path:
+    """Where the settings of a rollout file are stored."""
+    return out_path.with_name(out_path.name + ".settings.json")
+
+
+def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_progress: bool = True) -> dict:
+    """Sample `rollout.n_samples` multi-turn trajectories per training prompt into `out_path` (resumable)."""
+    from drift_lite import models, records
+    from drift_lite.tasks import checker_for, feedback_for, load_problems
+
+    out_path = Path(out_path)
+    if not out_path.parent.is_dir():
+        raise UserError(f"{out_path}: folder {out_path.parent} does not exist")
+    settings = rollout_settings(recipe)
+    fp_path = fingerprint_path(out_path)
+    problems = load_problems(recipe.task.name, "train", recipe.task.source, recipe.task.size, recipe.task.seed)
+    _check_unique_ids(problems, recipe.task.name)
+    n = recipe.rollout.n_samples
+    done_ids: set[str] = set()
+    if out_path.exists():
+        previous = _read_settings(fp_path)
+        if previous is None or previous.get("settings") != settings:
+            changed = _changed_keys(previous.get("settings", {}) if previous else {}, settings)
+            raise UserError(
+                f"{out_path}: exists with other rollout settings ({', '.join(changed) or 'no settings file'}); "
+                "use another --out or delete it"
+            )
+        kept = records.read_complete_groups(out_path, n)
+        done_ids = {row["prompt_id"] for row in kept}
+    _write_json_atomic(fp_path, {"settings": settings, "complete": False})
+    if model is None:
+        path = models.resolve_model_path(recipe.model, recipe.toy)
+        tokenizer = models.load_tokenizer(path, recipe.model)
+        model = models.load_model(path, recipe.model)
+    todo = [p for p in problems if p.id not in done_ids]
+    env = episode_settings(recipe)
+    shots = load_shots(recipe)
+    jobs = make_jobs(
+        todo, n, recipe.seed, checker_for(recipe.task.name, recipe.task.checker), env, shots,
+        feedback_for(recipe.task.name),
+    )
+    extra = {"task": recipe.task.name, "ref_model": recipe.model.name, "seed": recipe.seed}
+    writer = GroupWriter(out_path, [p.id for p in todo], n, lambda job: {**extra, "traj_idx": job.traj_idx})
+    sampling = Sampling(
+        greedy=False,
+        temperature=recipe.rollout.temperature,
+        top_p=recipe.rollout.top_p,
+        max_new_tokens=recipe.rollout.max_new_tokens,
+        seed=recipe.seed,
+    )
+    bar = tqdm(total=len(problems), initial=len(done_ids), desc="rollout", unit="prompt", disable=not show_progress)
+    start = time.perf_counter()
+    counters = {"traj": 0, "tokens": 0}
+
+    def on_done(job: Job) -> None:
+        before = writer.groups_written
+        writer.add(job)
+        counters["traj"] += 1
+        bar.update(writer.groups_written - before)
+
+    def on_turn(_: int, tokens: int) -> None:
+        counters["tokens"] += tokens
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(traj_s=f"{counters['traj'] / elapsed:.1f}", tok_s=f"{counters['tokens'] / elapsed:.0f}")
+
+    try:
+        stats = run_episodes(model, tokenizer, jobs, sampling, recipe.rollout.batch_size, on_done, on_turn)
+    finally:
+        writer.close()
+        bar.close()
+    seconds = time.perf_counter() - start
+    summary = {
+        "prompts": len(problems),
+        "trajectories": len(problems) * n,
+        "resumed_prompts": len(done_ids),
+        "generated_tokens": stats["generated_tokens"],
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(stats["generated_tokens"] / max(seconds, 1e-9), 1),
+    }
+    _write_json_atomic(fp_path, {"settings": settings, "complete": True, "stats": summary})
+    return summary
+
+
+def rollout_settings(recipe) -> dict:
+    """Everything a rollout file depends on (compared on resume)."""
+    data = recipe.to_dict()
+    picked = {k: data[k] for k in ("model", "task", "env", "rollout", "seed")}
+    if recipe.model.name == "toy":
+        picked["toy"] = data["toy"]
+    picked["model"] = {k: v for k, v in picked["model"].items() if k != "device"}
+    return json.loads(json.dumps(picked))
+
+
+def episode_settings(recipe) -> EpisodeSettings:
+    """The environment's rules from a recipe."""
+    return EpisodeSettings(
+        max_turns=recipe.env.max_turns,
+        format_penalty=recipe.env.format_penalty,
+        repeat_coef=recipe.weights.repeat_coef,
+        mode=recipe.env.mode,
+    )
+
+
+def load_shots(recipe) -> list:
+    """Worked examples shown as earlier turns (`env.shots`), from the task's own examples."""
+    if recipe.env.shots <= 0:
+        return []
+    if recipe.task.name != "toy":
+        raise UserError(f"env.shots: worked examples exist only for the toy tasks, not '{recipe.task.name}'")
+    from drift_lite.tasks import toy
+
+    return toy.worked_examples(recipe.env.shots)
+
+
+def is_complete(out_path: str | Path, recipe) -> bool:
+    """True when `out_path` holds a finished rollout made with this recipe's settings."""
+    out_path = Path(out_path)
+    meta = _read_settings(fingerprint_path(out_path))
+    return out_path.exists() and meta is not None and meta.get("complete") and meta["settings"] == rollout_settings(
+        recipe
+    )
+
+
+def _check_unique_ids(problems: list[Problem], task: str) -> None:
+    seen: set[str] = set()
+    for p in problems:
+        if p.id in seen:
+            raise UserError(f"task '{task}': problem id '{p.id}' appears twice")
+        seen.add(p.id)
+
+
+def _read_settings(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(path)

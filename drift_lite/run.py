@@ -1,0 +1,198 @@
+"""`drift-lite run`: rollout → weight → train → eval (reference and trained) → report in one run directory.
+
+Each step records a stamp (a hash of the settings and upstream stamps it depends on). On a rerun a step whose
+stamp matches and is complete is skipped; one that was killed resumes; one whose settings changed is redone,
+and so is everything downstream of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from drift_lite.errors import UserError
+from drift_lite.recipe import Recipe, dump_recipe
+
+
+@dataclass
+class Step:
+    """One stage of a run: what it depends on, what it writes, how to run it."""
+
+    name: str
+    key: dict
+    outputs: list[Path]
+    fn: Callable[[bool], dict]  # fn(resume) -> stats ({"generated_tokens"?, ...})
+    depends: tuple[str, ...] = ()  # earlier steps whose outputs this one reads
+
+
+def _hash(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class RunDir:
+    """Stamps, timings and the log of one run directory."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.stamps = root / ".stamps"
+        self.stamps.mkdir(parents=True, exist_ok=True)
+
+    def stamp(self, name: str) -> dict | None:
+        """The stamp of step `name`, if any."""
+        try:
+            return json.loads((self.stamps / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write_stamp(self, name: str, key_hash: str, complete: bool) -> None:
+        """Record that step `name` started (complete=False) or finished with settings `key_hash`."""
+        _write_json(self.stamps / f"{name}.json", {"key": key_hash, "complete": complete})
+
+    def log(self, message: str) -> None:
+        """Append a timestamped line to log.txt and print it."""
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        print(line, flush=True)
+        with open(self.root / "log.txt", "a") as f:
+            f.write(line + "\n")
+
+    def record_timing(self, name: str, stats: dict) -> None:
+        """Merge a step's wall time and token counts into timings.json."""
+        path = self.root / "timings.json"
+        timings = json.loads(path.read_text()) if path.exists() else {}
+        timings[name] = stats
+        _write_json(path, timings)
+
+
+def execute(run_dir: RunDir, steps: list[Step]) -> None:
+    """Run the steps in order, skipping complete ones and redoing those whose inputs changed."""
+    hashes: dict[str, str] = {}
+    for step in steps:
+        key_hash = _hash({"key": step.key, "upstream": {d: hashes[d] for d in step.depends}})
+        hashes[step.name] = key_hash
+        old = run_dir.stamp(step.name)
+        if old and old["key"] == key_hash and old["complete"] and all(p.exists() for p in step.outputs):
+            run_dir.log(f"[{step.name}] up to date, skipped")
+            continue
+        resume = bool(old) and old["key"] == key_hash
+        if not resume:
+            for path in step.outputs:
+                _remove(path)
+        run_dir.write_stamp(step.name, key_hash, complete=False)
+        run_dir.log(f"[{step.name}] {'resuming' if resume else 'running'}")
+        start = time.perf_counter()
+        stats = step.fn(resume) or {}
+        stats = {"seconds": round(time.perf_counter() - start, 3), **stats}
+        run_dir.record_timing(step.name, stats)
+        run_dir.write_stamp(step.name, key_hash, complete=True)
+        run_dir.log(f"[{step.name}] done in {stats['seconds']:.1f} s")
+
+
+def run(recipe: Recipe, out_dir: str | Path, *, recipe_path: str | None = None, force: bool = False,
+        show_progress: bool = True) -> Path:
+    """The whole method in `out_dir`; returns the report's path."""
+    from drift_lite import models, train as train_mod, versions
+    from drift_lite.evaluate import evaluate
+    from drift_lite.report import summary_lines, write_report
+    from drift_lite.rollout import rollout, rollout_settings
+    from drift_lite.weights import weight_file
+
+    root = Path(out_dir)
+    _claim(root, recipe, force)
+    run_dir = RunDir(root)
+    dump_recipe(recipe, root / "recipe.yaml", extra={"recipe_file": recipe_path, **versions.package_versions()})
+    base: dict = {}
+
+    def base_model():
+        if not base:
+            path = models.resolve_model_path(recipe.model, recipe.toy)
+            base["tokenizer"] = models.load_tokenizer(path, recipe.model)
+            base["model"] = models.load_model(path, recipe.model)
+        return base["model"], base["tokenizer"]
+
+    def do_rollout(resume: bool) -> dict:
+        model, tokenizer = base_model()
+        stats = rollout(recipe, root / "rollouts.jsonl", model=model, tokenizer=tokenizer,
+                        show_progress=show_progress)
+        return {"generated_tokens": stats["generated_tokens"], "prompts": stats["prompts"]}
+
+    def do_weight(resume: bool) -> dict:
+        w = recipe.weights
+        diagnostics = weight_file(
+            root / "rollouts.jsonl", root / "weighted.jsonl", gamma=w.gamma, beta=w.beta, scheme=w.scheme,
+            drop_equal_groups=w.drop_equal_groups, repeat_coef=w.repeat_coef, show_progress=show_progress,
+        )
+        return {"rows": diagnostics.get("rows")}
+
+    def do_train(resume: bool) -> dict:
+        base.clear()  # free the reference model while training
+        stats = train_mod.train(recipe, root / "weighted.jsonl", root / "adapter", resume=resume,
+                                show_progress=show_progress)
+        return {k: stats[k] for k in ("train_tokens", "steps") if k in stats}
+
+    def do_eval(label: str, adapter: Path | None) -> Callable[[bool], dict]:
+        def fn(resume: bool) -> dict:
+            kwargs = {}
+            if adapter is None:
+                kwargs["model"], kwargs["tokenizer"] = base_model()
+            results = evaluate(recipe, root / f"eval-{label}", adapter=str(adapter) if adapter else None,
+                               show_progress=show_progress, **kwargs)
+            return {"generated_tokens": sum(r["generated_tokens"] for r in results.values())}
+
+        return fn
+
+    data = recipe.to_dict()
+    model_key = {"model": {k: v for k, v in data["model"].items() if k != "device"}}
+    if recipe.model.name == "toy":
+        model_key["toy"] = data["toy"]
+    eval_key = {**model_key, "env": data["env"], "eval": data["eval"], "task_seed": recipe.task.seed,
+                "seed": recipe.seed}
+    steps = [
+        Step("rollout", rollout_settings(recipe), [root / "rollouts.jsonl"], do_rollout),
+        Step("weight", {"weights": data["weights"]}, [root / "weighted.jsonl"], do_weight, ("rollout",)),
+        Step("train", {"train": data["train"], **model_key}, [root / "adapter"], do_train, ("weight",)),
+        Step("eval-reference", eval_key, [root / "eval-reference"], do_eval("reference", None)),
+        Step("eval-trained", eval_key, [root / "eval-trained"], do_eval("trained", root / "adapter"), ("train",)),
+    ]
+    execute(run_dir, steps)
+    report = write_report([root], root)
+    run_dir.log(f"[report] {report}")
+    for line in summary_lines(root):
+        print(line)
+    return report
+
+
+def _claim(root: Path, recipe: Recipe, force: bool) -> None:
+    """Refuse a folder that holds another recipe's run (unless forced); mark it as this recipe's."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: exists and is not a folder")
+    if not root.parent.exists():
+        raise UserError(f"{root}: folder {root.parent} does not exist")
+    marker = root / "run.json"
+    if marker.exists():
+        owner = json.loads(marker.read_text()).get("recipe")
+        if owner != recipe.name and not force:
+            raise UserError(f"{root}: holds a run of recipe '{owner}', not '{recipe.name}' (use --force to reuse it)")
+    elif root.exists() and any(root.iterdir()) and not force:
+        raise UserError(f"{root}: not empty and not a drift-lite run (use --force to use it anyway)")
+    root.mkdir(exist_ok=True)
+    _write_json(marker, {"recipe": recipe.name})
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    for side in path.parent.glob(path.name + ".*.json"):
+        side.unlink()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(path)
