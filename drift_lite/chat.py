@@ -37,7 +37,9 @@ def instruction_for(problem: Problem) -> str:
     return MATH_INSTRUCTION
 
 
-def first_user_message(problem: Problem, mode: str = "simple", max_turns: int = 5, max_words: int = 400) -> str:
+def first_user_message(
+    problem: Problem, mode: str = "simple", max_turns: int = 5, max_words: int = 400
+) -> str:
     """The first user turn: "simple" (the release's evaluation format) or "full" (its rollout format)."""
     instruction = instruction_for(problem)
     if mode == "simple":

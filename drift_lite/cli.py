@@ -26,27 +26,34 @@ EXAMPLES = {
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="drift-lite",
-        description="DRIFT: decoupled multi-turn rollouts + importance-weighted fine-tuning, on one GPU or a CPU.",
+        description="DRIFT: decoupled multi-turn rollouts + importance-weighted fine-tuning (GPU or CPU).",
         epilog="Run `drift-lite COMMAND --help` for an example of each command.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(
-            name, help=help_text, description=help_text, epilog=f"example:\n  {EXAMPLES[name]}",
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=f"example:\n  {EXAMPLES[name]}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
     def recipe_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("recipe", metavar="RECIPE", help="recipe YAML file")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. train.lr=1e-4")
+        p.add_argument(
+            "overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. train.lr=1e-4"
+        )
 
     p = add("run", "The whole method: rollout → weight → train → eval (reference and trained) → report.")
     recipe_args(p)
     p.add_argument("--out", required=True, help="run directory (created; a rerun resumes it)")
     p.add_argument("--force", action="store_true", help="reuse a folder that holds another recipe's run")
 
-    p = add("rollout", "Sample multi-turn trajectories from the reference model into a JSONL file (resumable).")
+    p = add(
+        "rollout", "Sample multi-turn trajectories from the reference model into a JSONL file (resumable)."
+    )
     recipe_args(p)
     p.add_argument("--out", required=True, help="rollouts JSONL file")
 
@@ -55,11 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("output", metavar="OUT", help="weighted JSONL to write")
     p.add_argument("--gamma", type=float, default=0.9, help="turn discount (default 0.9)")
     p.add_argument("--beta", type=float, default=0.1, help="temperature of exp(R/beta) (default 0.1)")
-    p.add_argument("--scheme", default="drift", choices=["drift", "uniform", "correct_only"],
-                   help="drift (default), uniform (plain SFT) or correct_only (rejection-sampling SFT)")
+    p.add_argument(
+        "--scheme",
+        default="drift",
+        choices=["drift", "uniform", "correct_only"],
+        help="drift (default), uniform (plain SFT) or correct_only (rejection-sampling SFT)",
+    )
     p.add_argument("--repeat-coef", type=float, default=0.5, help="repeated-answer penalty (default 0.5)")
-    p.add_argument("--drop-equal-groups", action="store_true",
-                   help="drop prompt groups whose returns are all equal instead of training them at weight 1")
+    p.add_argument(
+        "--drop-equal-groups",
+        action="store_true",
+        help="drop prompt groups whose returns are all equal instead of training them at weight 1",
+    )
 
     p = add("train", "Weighted SFT of (QLoRA) adapters on the last assistant message of each trajectory.")
     recipe_args(p)
@@ -89,8 +103,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from drift_lite.weights import format_diagnostics, weight_file
 
         diagnostics = weight_file(
-            args.input, args.output, gamma=args.gamma, beta=args.beta, scheme=args.scheme,
-            drop_equal_groups=args.drop_equal_groups, repeat_coef=args.repeat_coef, show_progress=show,
+            args.input,
+            args.output,
+            gamma=args.gamma,
+            beta=args.beta,
+            scheme=args.scheme,
+            drop_equal_groups=args.drop_equal_groups,
+            repeat_coef=args.repeat_coef,
+            show_progress=show,
         )
         print(format_diagnostics(diagnostics))
         return 0

@@ -72,7 +72,9 @@ class Episode:
             self._score(key, parsed.answer)
         if not self.done:
             s = self.settings
-            feedback = self.feedback_for(parsed.answer, self.problem.gold) if self.feedback_for else chat.FEEDBACK
+            feedback = (
+                self.feedback_for(parsed.answer, self.problem.gold) if self.feedback_for else chat.FEEDBACK
+            )
             if parsed.answer is not None:
                 self._state = feedback
             text = self._state if s.mode == "full" else feedback

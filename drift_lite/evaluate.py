@@ -1,6 +1,7 @@
 """Multi-turn evaluation: the rollout engine, greedy by default (as the release evaluates), then metrics.
 
-Run it from the CLI: `drift-lite eval recipes/toy/drift.yaml --adapter runs/x/adapter --out runs/x/eval-trained`.
+From the CLI:
+    `drift-lite eval recipes/toy/drift.yaml --adapter runs/x/adapter --out runs/x/eval-trained`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,15 @@ def set_name(eval_set) -> str:
     return eval_set.name or eval_set.task
 
 
-def evaluate(recipe, out_dir: str | Path, *, adapter: str | None = None, model=None, tokenizer=None,
-             show_progress: bool = True) -> dict:
+def evaluate(
+    recipe,
+    out_dir: str | Path,
+    *,
+    adapter: str | None = None,
+    model=None,
+    tokenizer=None,
+    show_progress: bool = True,
+) -> dict:
     """Evaluate the base model (or base + `adapter`) on every `eval.sets` entry; writes eval-<set>.json(l).
 
     Returns, per set, {"metrics": (what eval-<set>.json holds), "generated_tokens", "seconds"}.
@@ -41,7 +49,10 @@ def evaluate(recipe, out_dir: str | Path, *, adapter: str | None = None, model=N
         model = models.load_model(path, recipe.model, adapter=adapter)
     cfg = recipe.eval
     sampling = Sampling(
-        greedy=cfg.greedy, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+        greedy=cfg.greedy,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
         seed=recipe.seed,
     )
     env = episode_settings(recipe)
@@ -52,7 +63,12 @@ def evaluate(recipe, out_dir: str | Path, *, adapter: str | None = None, model=N
         problems = load_problems(eval_set.task, "eval", eval_set.source, eval_set.size, recipe.task.seed)
         repeats = cfg.repeats if not cfg.greedy else 1
         jobs = make_jobs(
-            problems, repeats, recipe.seed + 1, checker_for(eval_set.task, eval_set.checker), env, shots,
+            problems,
+            repeats,
+            recipe.seed + 1,
+            checker_for(eval_set.task, eval_set.checker),
+            env,
+            shots,
             feedback_for(eval_set.task),
         )
         rows: list[dict | None] = [None] * len(jobs)
@@ -75,5 +91,9 @@ def evaluate(recipe, out_dir: str | Path, *, adapter: str | None = None, model=N
         tmp.write_text(json.dumps(metrics, indent=1))
         tmp.replace(out_dir / f"eval-{name}.json")
         seconds = round(time.perf_counter() - start, 3)
-        results[name] = {"metrics": metrics, "generated_tokens": stats["generated_tokens"], "seconds": seconds}
+        results[name] = {
+            "metrics": metrics,
+            "generated_tokens": stats["generated_tokens"],
+            "seconds": seconds,
+        }
     return results

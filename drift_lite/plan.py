@@ -79,11 +79,17 @@ def arch_for(model_name: str, toy=None) -> Arch:
     if config.is_file():
         c = json.loads(config.read_text())
         return Arch(
-            c["num_hidden_layers"], c["hidden_size"], c["intermediate_size"], c["num_attention_heads"],
-            c.get("num_key_value_heads", c["num_attention_heads"]), c["vocab_size"],
+            c["num_hidden_layers"],
+            c["hidden_size"],
+            c["intermediate_size"],
+            c["num_attention_heads"],
+            c.get("num_key_value_heads", c["num_attention_heads"]),
+            c["vocab_size"],
             bool(c.get("tie_word_embeddings", False)),
         )
-    raise UserError(f"model '{model_name}': unknown architecture offline (give a local folder with config.json)")
+    raise UserError(
+        f"model '{model_name}': unknown architecture offline (give a local folder with config.json)"
+    )
 
 
 def training_memory(arch: Arch, recipe, seq_len: int) -> dict:
@@ -110,8 +116,13 @@ def training_memory(arch: Arch, recipe, seq_len: int) -> dict:
     activations = tokens * arch.hidden * 2 * arch.layers + tokens * arch.hidden * 34
     logits = tokens * arch.vocab * 8
     overhead = 0.6 * GIB  # CUDA context and allocator slack
-    parts = {"weights": weights, "trainable+optimizer": optimizer, "activations": activations, "logits": logits,
-             "cuda overhead": overhead}
+    parts = {
+        "weights": weights,
+        "trainable+optimizer": optimizer,
+        "activations": activations,
+        "logits": logits,
+        "cuda overhead": overhead,
+    }
     parts["total"] = sum(parts.values())
     return parts
 
@@ -130,3 +141,95 @@ def rollout_memory(arch: Arch, recipe, context_tokens: int) -> dict:
 
 def _gib(x: float) -> str:
     return f"{x / GIB:.2f} GiB"
+
+
+FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
+# Rough, stated assumptions for time ranges: HF `generate` tokens/s over a full batch, and training tokens/s,
+# on one 24 GB consumer GPU (RTX 3090/4090 class) for a ~3B model; scaled by parameter count for others.
+GPU_GEN_TOKENS_PER_S_3B = (600, 2500)
+GPU_TRAIN_TOKENS_PER_S_3B = (1500, 4000)
+
+
+def _offline() -> bool:
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+
+
+def _fixture(task: str) -> Path | None:
+    found = sorted(
+        p for p in FIXTURES.glob(f"{task}.*") if p.suffix in (".json", ".jsonl", ".csv", ".parquet")
+    )
+    return found[0] if found else None
+
+
+def resolve_problems(
+    task: str, split: str, source: str | None, size: int | None, seed: int
+) -> tuple[list, str]:
+    """Load a task's problems; offline, a hub source is replaced by the shipped fixture (and says so)."""
+    from drift_lite.tasks import load_problems
+
+    if task != "toy" and source is None and _offline():
+        fixture = _fixture(task)
+        if fixture is None:
+            raise UserError(f"task '{task}': offline and no fixture in {FIXTURES}")
+        problems = load_problems(task, split, str(fixture), size, seed)
+        return (
+            problems,
+            f"{fixture.relative_to(FIXTURES.parent.parent)} (offline: fixture stands in for the hub)",
+        )
+    return load_problems(task, split, source, size, seed), source or ("generated" if task == "toy" else "hub")
+
+
+def check(recipe) -> str:
+    """Validate the recipe, resolve every data source, and return the printed plan."""
+    from drift_lite.tasks import checker_for
+
+    lines = [f"recipe '{recipe.name}': valid"]
+    arch = arch_for(recipe.model.name, recipe.toy)
+    lines.append(
+        f"model: {recipe.model.name} ({recipe.model.dtype}, quantization {recipe.model.quantization}); "
+        f"{arch.layers} layers, hidden {arch.hidden}, vocab {arch.vocab}, "
+        f"{(arch.linear_params() + arch.embedding_params()) / 1e9:.2f} B parameters"
+    )
+    t = recipe.task
+    problems, where = resolve_problems(t.name, "train", t.source, t.size, t.seed)
+    checker_for(t.name, t.checker)
+    n = recipe.rollout.n_samples
+    turns, per_turn = recipe.env.max_turns, recipe.rollout.max_new_tokens
+    trajectories = len(problems) * n
+    most = trajectories * turns * per_turn
+    lines.append(f"train prompts: {len(problems)} from {t.name}: {where}")
+    lines.append(
+        f"rollouts: {len(problems)} prompts x N={n} = {trajectories} trajectories; at most {turns} turns x "
+        f"{per_turn} tokens = {most:,} generated tokens (expect 25-60% of that: early solves, early stops)"
+    )
+    for s in recipe.eval.sets:
+        eval_problems, eval_where = resolve_problems(s.task, "eval", s.source, s.size, t.seed)
+        checker_for(s.task, s.checker)
+        lines.append(f"eval set {s.name or s.task}: {len(eval_problems)} problems from {eval_where}")
+    tr = recipe.train
+    batch = tr.batch_size * tr.grad_accum
+    steps = tr.max_steps if tr.max_steps > 0 else max(1, round(trajectories * tr.epochs / batch))
+    seq = min(tr.max_length, 400 + turns * per_turn)
+    lines.append(
+        f"training: {trajectories} rows, batch {tr.batch_size} x GA {tr.grad_accum} = {batch}, "
+        f"{steps} optimizer steps, {tr.finetune}, sequences up to {seq} tokens"
+    )
+    mem_train = training_memory(arch, recipe, seq)
+    mem_roll = rollout_memory(arch, recipe, seq)
+    lines.append("peak GPU memory, estimated (see drift_lite/plan.py for the formulas):")
+    lines.append("  training micro-batch: " + ", ".join(f"{k} {_gib(v)}" for k, v in mem_train.items()))
+    lines.append("  rollout batch:        " + ", ".join(f"{k} {_gib(v)}" for k, v in mem_roll.items()))
+    scale = 3.09e9 / max(arch.linear_params() + arch.embedding_params(), 1)
+    gen = [r * scale for r in GPU_GEN_TOKENS_PER_S_3B]
+    trn = [r * scale for r in GPU_TRAIN_TOKENS_PER_S_3B]
+    expected = 0.4 * most
+    train_tokens = trajectories * tr.epochs * seq * 0.6
+    lines.append(
+        f"time on one 24 GB GPU, rough: rollouts "
+        f"{expected / gen[1] / 3600:.1f}-{expected / gen[0] / 3600:.1f} h, "
+        f"training {train_tokens / trn[1] / 3600:.1f}-{train_tokens / trn[0] / 3600:.1f} h "
+        f"(assumes {gen[0]:.0f}-{gen[1]:.0f} generated and {trn[0]:.0f}-{trn[1]:.0f} trained tokens/s)"
+    )
+    return "\n".join(lines)

@@ -37,9 +37,15 @@ class ToyConfig:
     seed: int = 0
     hidden_size: int = 128
     layers: int = 2
-    steps: int = 1500
+    heads: int = 4
+    kv_heads: int = 2  # grouped-query attention, as in Qwen2.5
+    intermediate_size: int = 512
+    warmup_steps: int = 300  # first, cheap steps on conversations whose prompt is the bare question
+    steps: int = 600  # then steps on conversations in the kit's prompt format (fresh data, no repeats)
     batch_size: int = 16
-    lr: float = 3e-3
+    per_problem: int = 4  # conversations scripted per problem (they share the prompt, computed once a batch)
+    lr: float = 3e-3  # peak; linear warmup then cosine decay to 10%
+    threads: int = 2  # torch threads while building (fixed, so two builds give identical weights)
 
 
 @dataclass
@@ -225,7 +231,9 @@ def _set_path(data: dict, keys: list[str], value: object) -> None:
 
 def _build(cls: type, data: object, where: str, prefix: str):
     if not isinstance(data, dict):
-        raise UserError(f"{where}: key '{prefix.rstrip('.') or '<top>'}': expected a mapping, got {_tname(data)}")
+        raise UserError(
+            f"{where}: key '{prefix.rstrip('.') or '<top>'}': expected a mapping, got {_tname(data)}"
+        )
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}

@@ -15,8 +15,13 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
-from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from drift_lite import chat
 from drift_lite.env import Episode, EpisodeSettings
@@ -75,7 +80,9 @@ def generate_turn(
     model, tokenizer, prompts: list[str], keys: list[int], sampling: Sampling
 ) -> tuple[list[str], list[int]]:
     """Generate one turn for a batch of rendered prompts (left padded); returns texts and token counts."""
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    batch = tokenizer(
+        prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    )
     batch = {k: v.to(model.device) for k, v in batch.items()}
     eos = _eos_ids(model, tokenizer)
     config = GenerationConfig(
@@ -225,7 +232,9 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
         raise UserError(f"{out_path}: folder {out_path.parent} does not exist")
     settings = rollout_settings(recipe)
     fp_path = fingerprint_path(out_path)
-    problems = load_problems(recipe.task.name, "train", recipe.task.source, recipe.task.size, recipe.task.seed)
+    problems = load_problems(
+        recipe.task.name, "train", recipe.task.source, recipe.task.size, recipe.task.seed
+    )
     _check_unique_ids(problems, recipe.task.name)
     n = recipe.rollout.n_samples
     done_ids: set[str] = set()
@@ -234,7 +243,8 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
         if previous is None or previous.get("settings") != settings:
             changed = _changed_keys(previous.get("settings", {}) if previous else {}, settings)
             raise UserError(
-                f"{out_path}: exists with other rollout settings ({', '.join(changed) or 'no settings file'}); "
+                f"{out_path}: exists with other rollout settings "
+                f"({', '.join(changed) or 'no settings file'}); "
                 "use another --out or delete it"
             )
         kept = records.read_complete_groups(out_path, n)
@@ -248,7 +258,12 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
     env = episode_settings(recipe)
     shots = load_shots(recipe)
     jobs = make_jobs(
-        todo, n, recipe.seed, checker_for(recipe.task.name, recipe.task.checker), env, shots,
+        todo,
+        n,
+        recipe.seed,
+        checker_for(recipe.task.name, recipe.task.checker),
+        env,
+        shots,
         feedback_for(recipe.task.name),
     )
     extra = {"task": recipe.task.name, "ref_model": recipe.model.name, "seed": recipe.seed}
@@ -260,7 +275,9 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
         max_new_tokens=recipe.rollout.max_new_tokens,
         seed=recipe.seed,
     )
-    bar = tqdm(total=len(problems), initial=len(done_ids), desc="rollout", unit="prompt", disable=not show_progress)
+    bar = tqdm(
+        total=len(problems), initial=len(done_ids), desc="rollout", unit="prompt", disable=not show_progress
+    )
     start = time.perf_counter()
     counters = {"traj": 0, "tokens": 0}
 
@@ -273,7 +290,9 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
     def on_turn(_: int, tokens: int) -> None:
         counters["tokens"] += tokens
         elapsed = max(time.perf_counter() - start, 1e-9)
-        bar.set_postfix(traj_s=f"{counters['traj'] / elapsed:.1f}", tok_s=f"{counters['tokens'] / elapsed:.0f}")
+        bar.set_postfix(
+            traj_s=f"{counters['traj'] / elapsed:.1f}", tok_s=f"{counters['tokens'] / elapsed:.0f}"
+        )
 
     try:
         stats = run_episodes(model, tokenizer, jobs, sampling, recipe.rollout.batch_size, on_done, on_turn)
@@ -328,8 +347,11 @@ def is_complete(out_path: str | Path, recipe) -> bool:
     """True when `out_path` holds a finished rollout made with this recipe's settings."""
     out_path = Path(out_path)
     meta = _read_settings(fingerprint_path(out_path))
-    return out_path.exists() and meta is not None and meta.get("complete") and meta["settings"] == rollout_settings(
-        recipe
+    return (
+        out_path.exists()
+        and meta is not None
+        and meta.get("complete")
+        and meta["settings"] == rollout_settings(recipe)
     )
 
 

@@ -92,10 +92,17 @@ def execute(run_dir: RunDir, steps: list[Step]) -> None:
         run_dir.log(f"[{step.name}] done in {stats['seconds']:.1f} s")
 
 
-def run(recipe: Recipe, out_dir: str | Path, *, recipe_path: str | None = None, force: bool = False,
-        show_progress: bool = True) -> Path:
+def run(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    recipe_path: str | None = None,
+    force: bool = False,
+    show_progress: bool = True,
+) -> Path:
     """The whole method in `out_dir`; returns the report's path."""
-    from drift_lite import models, train as train_mod, versions
+    from drift_lite import models, versions
+    from drift_lite import train as train_mod
     from drift_lite.evaluate import evaluate
     from drift_lite.report import summary_lines, write_report
     from drift_lite.rollout import rollout, rollout_settings
@@ -104,7 +111,9 @@ def run(recipe: Recipe, out_dir: str | Path, *, recipe_path: str | None = None, 
     root = Path(out_dir)
     _claim(root, recipe, force)
     run_dir = RunDir(root)
-    dump_recipe(recipe, root / "recipe.yaml", extra={"recipe_file": recipe_path, **versions.package_versions()})
+    dump_recipe(
+        recipe, root / "recipe.yaml", extra={"recipe_file": recipe_path, **versions.package_versions()}
+    )
     base: dict = {}
 
     def base_model():
@@ -116,22 +125,30 @@ def run(recipe: Recipe, out_dir: str | Path, *, recipe_path: str | None = None, 
 
     def do_rollout(resume: bool) -> dict:
         model, tokenizer = base_model()
-        stats = rollout(recipe, root / "rollouts.jsonl", model=model, tokenizer=tokenizer,
-                        show_progress=show_progress)
+        stats = rollout(
+            recipe, root / "rollouts.jsonl", model=model, tokenizer=tokenizer, show_progress=show_progress
+        )
         return {"generated_tokens": stats["generated_tokens"], "prompts": stats["prompts"]}
 
     def do_weight(resume: bool) -> dict:
         w = recipe.weights
         diagnostics = weight_file(
-            root / "rollouts.jsonl", root / "weighted.jsonl", gamma=w.gamma, beta=w.beta, scheme=w.scheme,
-            drop_equal_groups=w.drop_equal_groups, repeat_coef=w.repeat_coef, show_progress=show_progress,
+            root / "rollouts.jsonl",
+            root / "weighted.jsonl",
+            gamma=w.gamma,
+            beta=w.beta,
+            scheme=w.scheme,
+            drop_equal_groups=w.drop_equal_groups,
+            repeat_coef=w.repeat_coef,
+            show_progress=show_progress,
         )
         return {"rows": diagnostics.get("rows")}
 
     def do_train(resume: bool) -> dict:
         base.clear()  # free the reference model while training
-        stats = train_mod.train(recipe, root / "weighted.jsonl", root / "adapter", resume=resume,
-                                show_progress=show_progress)
+        stats = train_mod.train(
+            recipe, root / "weighted.jsonl", root / "adapter", resume=resume, show_progress=show_progress
+        )
         return {k: stats[k] for k in ("train_tokens", "steps") if k in stats}
 
     def do_eval(label: str, adapter: Path | None) -> Callable[[bool], dict]:
@@ -139,8 +156,13 @@ def run(recipe: Recipe, out_dir: str | Path, *, recipe_path: str | None = None, 
             kwargs = {}
             if adapter is None:
                 kwargs["model"], kwargs["tokenizer"] = base_model()
-            results = evaluate(recipe, root / f"eval-{label}", adapter=str(adapter) if adapter else None,
-                               show_progress=show_progress, **kwargs)
+            results = evaluate(
+                recipe,
+                root / f"eval-{label}",
+                adapter=str(adapter) if adapter else None,
+                show_progress=show_progress,
+                **kwargs,
+            )
             return {"generated_tokens": sum(r["generated_tokens"] for r in results.values())}
 
         return fn
@@ -149,14 +171,25 @@ def run(recipe: Recipe, out_dir: str | Path, *, recipe_path: str | None = None, 
     model_key = {"model": {k: v for k, v in data["model"].items() if k != "device"}}
     if recipe.model.name == "toy":
         model_key["toy"] = data["toy"]
-    eval_key = {**model_key, "env": data["env"], "eval": data["eval"], "task_seed": recipe.task.seed,
-                "seed": recipe.seed}
+    eval_key = {
+        **model_key,
+        "env": data["env"],
+        "eval": data["eval"],
+        "task_seed": recipe.task.seed,
+        "seed": recipe.seed,
+    }
     steps = [
         Step("rollout", rollout_settings(recipe), [root / "rollouts.jsonl"], do_rollout),
         Step("weight", {"weights": data["weights"]}, [root / "weighted.jsonl"], do_weight, ("rollout",)),
         Step("train", {"train": data["train"], **model_key}, [root / "adapter"], do_train, ("weight",)),
         Step("eval-reference", eval_key, [root / "eval-reference"], do_eval("reference", None)),
-        Step("eval-trained", eval_key, [root / "eval-trained"], do_eval("trained", root / "adapter"), ("train",)),
+        Step(
+            "eval-trained",
+            eval_key,
+            [root / "eval-trained"],
+            do_eval("trained", root / "adapter"),
+            ("train",),
+        ),
     ]
     execute(run_dir, steps)
     report = write_report([root], root)
@@ -176,7 +209,9 @@ def _claim(root: Path, recipe: Recipe, force: bool) -> None:
     if marker.exists():
         owner = json.loads(marker.read_text()).get("recipe")
         if owner != recipe.name and not force:
-            raise UserError(f"{root}: holds a run of recipe '{owner}', not '{recipe.name}' (use --force to reuse it)")
+            raise UserError(
+                f"{root}: holds a run of recipe '{owner}', not '{recipe.name}' (use --force to reuse it)"
+            )
     elif root.exists() and any(root.iterdir()) and not force:
         raise UserError(f"{root}: not empty and not a drift-lite run (use --force to use it anyway)")
     root.mkdir(exist_ok=True)

@@ -5,7 +5,16 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-PACKAGES = ["drift-lite", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "math-verify"]
+PACKAGES = [
+    "drift-lite",
+    "torch",
+    "transformers",
+    "peft",
+    "bitsandbytes",
+    "accelerate",
+    "datasets",
+    "math-verify",
+]
 
 
 def package_versions() -> dict:

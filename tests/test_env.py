@@ -41,7 +41,10 @@ def test_replaying_release_rows_reproduces_them(mode):
 
 def test_parse_turn_release_cases():
     assert chat.parse_turn("a</think> <answer> 12 || 13 </answer> tail").answer == "12"
-    assert chat.parse_turn("a</think><answer> 12 || 13 </answer>").content == "<think>a</think><answer> 12 || 13 </answer>"
+    assert (
+        chat.parse_turn("a</think><answer> 12 || 13 </answer>").content
+        == "<think>a</think><answer> 12 || 13 </answer>"
+    )
     assert chat.parse_turn("a</think><answer>||</answer>").answer is None
     assert chat.parse_turn("a</think><answer></answer>").answer is None
     missing = chat.parse_turn(" <answer>12</answer>")

@@ -9,7 +9,10 @@ from drift_lite.recipe import dump_recipe, load_recipe
 
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text("name: t\ntrain:\n  lr: 1e-4\n  target_modules: [q_proj]\neval:\n  sets:\n    - {task: toy, size: 8}\n")
+    path.write_text(
+        "name: t\ntrain:\n  lr: 1e-4\n  target_modules: [q_proj]\n"
+        "eval:\n  sets:\n    - {task: toy, size: 8}\n"
+    )
     recipe = load_recipe(path, ["train.batch_size=4", "weights.beta=0.2", "eval.greedy=false"])
     assert recipe.train.lr == 1e-4 and isinstance(recipe.train.lr, float)
     assert recipe.train.batch_size == 4 and recipe.weights.beta == 0.2 and recipe.eval.greedy is False
@@ -39,7 +42,9 @@ def test_bad_keys_and_types_are_one_line_errors(override, message):
 def test_errors_name_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("rollout:\n  n_sample: 3\n")
-    with pytest.raises(UserError, match=r"bad.yaml: unknown key 'rollout.n_sample' \(did you mean 'rollout.n_samples'"):
+    with pytest.raises(
+        UserError, match=r"bad.yaml: unknown key 'rollout.n_sample' \(did you mean 'rollout.n_samples'"
+    ):
         load_recipe(path)
     path.write_text("a: [\n")
     with pytest.raises(UserError, match="bad.yaml:.*not valid YAML"):

@@ -15,8 +15,14 @@ def _play(model, tokenizer, problems, n, batch_size, sampling, order=None):
     if order is not None:
         jobs = [jobs[i] for i in order]
     done = {}
-    run_episodes(model, tokenizer, jobs, sampling, batch_size, lambda j: done.__setitem__(
-        (j.episode.problem.id, j.traj_idx), j.episode.to_row()))
+    run_episodes(
+        model,
+        tokenizer,
+        jobs,
+        sampling,
+        batch_size,
+        lambda j: done.__setitem__((j.episode.problem.id, j.traj_idx), j.episode.to_row()),
+    )
     return done
 
 
@@ -62,7 +68,7 @@ def test_greedy_turn_equals_argmax_decoding(tiny_lm):
             ids = torch.cat([ids, nxt.view(1, 1)], 1)
             if nxt.item() == tokenizer.eos_token_id:
                 break
-    expected = tokenizer.decode(ids[0, -counts[0]:], skip_special_tokens=True)
+    expected = tokenizer.decode(ids[0, -counts[0] :], skip_special_tokens=True)
     assert texts[0] == expected
 
 

@@ -1,4 +1,4 @@
-"""The run orchestrator: skip complete steps, resume killed ones, redo exactly what a changed setting touches."""
+"""The run orchestrator: skip complete steps, resume killed ones, redo what a changed setting touches."""
 
 import pytest
 
