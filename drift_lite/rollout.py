@@ -164,21 +164,27 @@ def run_episodes(
     return {"generated_tokens": tokens, "turns": turns}
 
 
+Shots = list[tuple[Problem, str]]  # worked examples: (problem, assistant content) pairs
+
+
 def make_jobs(
     problems: list[Problem],
     n_samples: int,
     seed: int,
     checker,
     settings: EpisodeSettings,
-    shots: list,
+    shots: Shots | Callable[[Problem], Shots] = (),
     feedback_for=None,
 ) -> list[Job]:
-    """N jobs per problem, in problem order."""
-    return [
-        Job(Episode(p, checker, settings, shots, feedback_for), trajectory_key(seed, p.id, i), i)
-        for p in problems
-        for i in range(n_samples)
-    ]
+    """N jobs per problem, in problem order; `shots`: one list for every problem, or a function of it."""
+    jobs = []
+    for p in problems:
+        examples = shots(p) if callable(shots) else list(shots)
+        jobs += [
+            Job(Episode(p, checker, settings, examples, feedback_for), trajectory_key(seed, p.id, i), i)
+            for i in range(n_samples)
+        ]
+    return jobs
 
 
 class GroupWriter:
@@ -228,8 +234,9 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
     from drift_lite.tasks import checker_for, feedback_for, load_problems
 
     out_path = Path(out_path)
-    if not out_path.parent.is_dir():
-        raise UserError(f"{out_path}: folder {out_path.parent} does not exist")
+    records.check_output_path(out_path)
+    _check_rollout_config(recipe)
+    shots = load_shots(recipe)
     settings = rollout_settings(recipe)
     fp_path = fingerprint_path(out_path)
     problems = load_problems(
@@ -237,35 +244,23 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
     )
     _check_unique_ids(problems, recipe.task.name)
     n = recipe.rollout.n_samples
-    done_ids: set[str] = set()
-    if out_path.exists():
-        previous = _read_settings(fp_path)
-        if previous is None or previous.get("settings") != settings:
-            changed = _changed_keys(previous.get("settings", {}) if previous else {}, settings)
-            raise UserError(
-                f"{out_path}: exists with other rollout settings "
-                f"({', '.join(changed) or 'no settings file'}); "
-                "use another --out or delete it"
-            )
-        kept = records.read_complete_groups(out_path, n)
-        done_ids = {row["prompt_id"] for row in kept}
-    _write_json_atomic(fp_path, {"settings": settings, "complete": False})
+    resuming = out_path.exists()
+    if resuming:
+        _check_same_settings(out_path, settings)
+    checker = checker_for(recipe.task.name, recipe.task.checker)
+    env, feedback = episode_settings(recipe), feedback_for(recipe.task.name)
+    jobs = make_jobs(problems, n, recipe.seed, checker, env, shots, feedback)
     if model is None:
         path = models.resolve_model_path(recipe.model, recipe.toy)
         tokenizer = models.load_tokenizer(path, recipe.model)
         model = models.load_model(path, recipe.model)
+    # Every mistake that shows before sampling has been raised by now: only now touch the files.
+    done_ids: set[str] = set()
+    if resuming:
+        done_ids = {row["prompt_id"] for row in records.read_complete_groups(out_path, n)}
+    _write_json_atomic(fp_path, {"settings": settings, "complete": False})
     todo = [p for p in problems if p.id not in done_ids]
-    env = episode_settings(recipe)
-    shots = load_shots(recipe)
-    jobs = make_jobs(
-        todo,
-        n,
-        recipe.seed,
-        checker_for(recipe.task.name, recipe.task.checker),
-        env,
-        shots,
-        feedback_for(recipe.task.name),
-    )
+    jobs = [job for job in jobs if job.episode.problem.id not in done_ids]
     extra = {"task": recipe.task.name, "ref_model": recipe.model.name, "seed": recipe.seed}
     writer = GroupWriter(out_path, [p.id for p in todo], n, lambda job: {**extra, "traj_idx": job.traj_idx})
     sampling = Sampling(
@@ -313,12 +308,14 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
 
 
 def rollout_settings(recipe) -> dict:
-    """Everything a rollout file depends on (compared on resume)."""
+    """Everything a rollout file depends on (compared on resume); not the device or the batch size."""
     data = recipe.to_dict()
     picked = {k: data[k] for k in ("model", "task", "env", "rollout", "seed")}
     if recipe.model.name == "toy":
         picked["toy"] = data["toy"]
     picked["model"] = {k: v for k, v in picked["model"].items() if k != "device"}
+    # Rows do not depend on their batch (per-trajectory seeds), so a run may resume with another batch size.
+    picked["rollout"] = {k: v for k, v in picked["rollout"].items() if k != "batch_size"}
     return json.loads(json.dumps(picked))
 
 
@@ -332,15 +329,21 @@ def episode_settings(recipe) -> EpisodeSettings:
     )
 
 
-def load_shots(recipe) -> list:
-    """Worked examples shown as earlier turns (`env.shots`), from the task's own examples."""
-    if recipe.env.shots <= 0:
-        return []
+def load_shots(recipe) -> Callable[[Problem], Shots]:
+    """Worked examples shown as earlier turns (`env.shots`), per problem: the problem's own family."""
+    n = recipe.env.shots
+    if n <= 0:
+        return lambda problem: []
     if recipe.task.name != "toy":
         raise UserError(f"env.shots: worked examples exist only for the toy tasks, not '{recipe.task.name}'")
     from drift_lite.tasks import toy
 
-    return toy.worked_examples(recipe.env.shots)
+    def shots_for(problem: Problem) -> Shots:
+        if "toy_family" not in problem.meta:
+            raise UserError(f"env.shots: worked examples exist only for the toy tasks, not '{problem.id}'")
+        return toy.worked_examples(problem.meta["toy_family"], n, avoid=problem)
+
+    return shots_for
 
 
 def is_complete(out_path: str | Path, recipe) -> bool:
@@ -353,6 +356,34 @@ def is_complete(out_path: str | Path, recipe) -> bool:
         and meta.get("complete")
         and meta["settings"] == rollout_settings(recipe)
     )
+
+
+def _check_rollout_config(recipe) -> None:
+    """One-line errors for rollout settings that recipe.py does not range-check (nothing runs with them)."""
+    r = recipe.rollout
+    if r.batch_size < 1:
+        raise UserError(f"key 'rollout.batch_size': must be >= 1, got {r.batch_size}")
+    if r.max_new_tokens < 1:
+        raise UserError(f"key 'rollout.max_new_tokens': must be >= 1, got {r.max_new_tokens}")
+    if not 0 < r.top_p <= 1:
+        raise UserError(f"key 'rollout.top_p': must be in (0, 1], got {r.top_p}")
+
+
+def _check_same_settings(out_path: Path, settings: dict) -> None:
+    """Refuse to resume a file made with other settings (a one-line error; nothing is touched)."""
+    fp_path = fingerprint_path(out_path)
+    previous = _read_settings(fp_path)
+    if previous is None:
+        raise UserError(
+            f"{out_path}: exists but its settings file {fp_path.name} is missing or unreadable; "
+            "use another --out or delete it"
+        )
+    if previous.get("settings") != settings:
+        changed = _changed_keys(previous.get("settings") or {}, settings)
+        raise UserError(
+            f"{out_path}: exists with other rollout settings ({', '.join(changed)}); "
+            "use another --out or delete it"
+        )
 
 
 def _check_unique_ids(problems: list[Problem], task: str) -> None:

@@ -169,17 +169,39 @@ def load(split: str, size: int | None, seed: int) -> list[Problem]:
     return problems
 
 
-# Shots use pairs from the train split (checked in the tests), never an eval problem.
+# The first worked example of each family (a carry problem, train split); more follow in a fixed order.
 _SHOT_PAIRS = {"add": (27, 15), "choice": (36, 27)}
 
 
-def worked_example(family: str) -> tuple[Problem, str]:
-    """One worked example (problem, perfect assistant content) for `env.shots`; a carry problem."""
-    key = "add" if family in ("add", "math") else family
+def _unordered(a: int, b: int) -> tuple[int, int]:
+    return (a, b) if a <= b else (b, a)
+
+
+@cache
+def _shot_order(family: str) -> tuple[tuple[int, int], ...]:
+    """Train-split operand pairs for worked examples, distinct as unordered pairs, in a fixed order."""
+    first = _SHOT_PAIRS[family]
+    rest = {_unordered(a, b) for cls in CLASSES for a, b in _pool("train", family, cls)}
+    rest.discard(_unordered(*first))
+    shuffled = sorted(rest)
+    random.Random(f"toy-shots-{family}").shuffle(shuffled)
+    return (first, *shuffled)
+
+
+def worked_examples(family: str, n: int, avoid: Problem | None = None) -> list[tuple[Problem, str]]:
+    """`n` distinct worked examples (problem, perfect assistant content) of `family`, from the train split.
+
+    Every problem of a family gets the same examples, except that one with the operands of `avoid` (in
+    either order) is skipped, so no problem is shown its own answer.
+    """
+    key = "add" if family == "math" else family
     if key not in _SHOT_PAIRS:
-        raise ValueError(f"no toy worked example for family {family!r}")
-    problem = make_problem(key, *_SHOT_PAIRS[key])
-    return problem, solution(problem)
+        raise ValueError(f"no toy worked examples for family {family!r}")
+    skip = _unordered(avoid.meta["a"], avoid.meta["b"]) if avoid is not None else None
+    pairs = [pair for pair in _shot_order(key) if _unordered(*pair) != skip][:n]
+    if len(pairs) < n:
+        raise UserError(f"env.shots: the toy train split has only {len(pairs)} {key} examples, {n} asked")
+    return [(problem, solution(problem)) for problem in (make_problem(key, a, b) for a, b in pairs)]
 
 
 def checker() -> ExactChecker:
