@@ -1,23 +1,85 @@
 """`drift-lite check`: validate a recipe, resolve its data and print the plan: sizes, tokens, memory, time.
 
-The memory figures are estimates from the architecture (formulas below), not measurements: they say whether a
-setting can fit a GPU before the GPU is rented. Numbers in bytes unless named otherwise.
+Memory and time are estimates from the model's architecture, not measurements: they say whether a setting
+can fit a GPU before the GPU is rented. Bytes unless named otherwise; P = parameters, L = layers, h = hidden,
+I = MLP width, V = vocabulary, B = batch, T = tokens of the longest sequence.
+
+Training (QLoRA as `models.prepare_for_training` sets it up; peak of one micro-batch):
+- base weights: nf4 = 4 bits + 0.127 bits of double-quantized block constants (blocks of 64 weights with an
+  8-bit absmax, 256 of those with one fp32 constant) per projection weight. `prepare_model_for_kbit_training`
+  upcasts the parameters nf4 leaves alone (embeddings, lm_head, norms, q/k/v biases) to fp32: 4 bytes each.
+  lora: every weight in `model.dtype`; full: see the next item.
+- trainable + AdamW: LoRA parameters are fp32: weight + grad + 2 moments = 16 bytes each. Full fine-tuning
+  keeps all four in `model.dtype` (4 x its bytes per parameter).
+- activations: the training forward runs without autocast, so after the fp32 upcast the residual stream is
+  fp32 (qlora; else `model.dtype`). Tensors autograd keeps per token and layer: ~(14h + 3I + T) elements,
+  fitted to saved-tensor-hook counts of CPU runs of small Qwen2 shapes (h 256-512, I 1024-2048, T 256-512)
+  in nf4 + LoRA q/k/v/o (the T term is a per-layer mask-sized tensor of CPU attention; CUDA SDPA keeps
+  less). On CUDA the kit checkpoints every decoder layer (`models.use_gradient_checkpointing`): L layer
+  inputs (B*T*h) stay, and one layer's full set is rebuilt during backward. Without checkpointing (CPU) all
+  L layers' sets stay.
+- logits: only scored positions are projected (`logits_to_keep`), K = B x (last turn + eos); the fp32 logits,
+  the saved log-softmax and its gradient make ~3 fp32 copies of K x V at the start of backward. That moment
+  and the recomputed layer do not overlap, so the peak counts the larger of the two.
+Generation (rollouts, evaluation; inference mode, no adapter merge):
+- weights as loaded for sampling (`model.quantization`: nf4 as above but non-quantized parts in the compute
+  dtype; none: all in `model.dtype`); KV cache B x context x 2·L·kv_heads·head_dim in the compute dtype; every
+  turn re-reads the conversation (no cache reuse across turns), so prefill holds the KV of the longest
+  prompt plus one layer's MLP intermediates (~(3I + 4h) per token) and a B·T² boolean mask; decoding then
+  grows the cache to the full context. The peak counts the larger of prefill and the end of decoding.
+On a GPU the total adds 10% allocator fragmentation and 0.5 GiB of CUDA context and cuBLAS workspace.
+
+Lengths: the first prompt (system + instruction + problem + chat template) is budgeted at PROMPT_TOKENS, each
+feedback turn at FEEDBACK_TOKENS (more in `full` mode), each worked example at SHOT_TOKENS. Time ranges use
+the stated throughput assumptions below; they are rough (a factor of ~2 either way).
 """
 
 from __future__ import annotations
 
-import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from drift_lite.errors import UserError
 
 GIB = 1024**3
+NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # 4.127 bits per quantized weight (QLoRA double quantization)
+PROMPT_TOKENS = 400  # first prompt: system + instruction + problem + template (all but the longest problems)
+FEEDBACK_TOKENS = {"simple": 20, "full": 80}  # user feedback turn + chat-template tokens around it
+SHOT_TOKENS = 150  # one worked example (user + assistant turn)
+CUDA_FIXED = 0.5 * GIB
+FRAGMENTATION = 1.10
+
+# Time assumptions: one RTX 3090/4090-class GPU (~1 TB/s, 36-83 bf16 TFLOP/s peak; a 12 GB RTX 3060 is 2-3x
+# slower), HF `generate` in eager mode:
+LAYER_STEP_S = (0.5e-3, 1.0e-3)  # per decoder layer per decoding step: kernel launches and Python
+BANDWIDTH = (1000e9, 900e9)  # bytes/s of GPU memory
+NF4_STEP_BYTES = 4.5  # bytes moved per nf4 weight per step: read nf4, write and read a bf16 copy (batch > 1)
+GUMBEL_S_PER_ENTRY = (2.5e-9, 7e-9)  # CPU RNG of rollout.PerRowGumbelSampler per vocab entry (6.4 ns here)
+GPU_FLOPS = (25e12, 10e12)  # effective FLOP/s of QLoRA training (~30% of bf16 peak: fp32 activations)
+PREFILL_FLOPS = (50e12, 20e12)  # effective FLOP/s of prefill (large bf16 matmuls, ~55% of peak)
+TURNS = (2.0, 3.5)  # mean turns per trajectory: about half solved at turn 1, failures run all turns
+EVAL_TURNS = (1.5, 3.0)  # the same when decoding greedily (more problems solved at turn 1)
+TURN_FILL = (0.4, 0.9)  # mean generated tokens per turn / max_new_tokens
+BATCH_STEPS = (0.8, 1.0)  # decoding steps of one batched turn / max_new_tokens (the longest row decides)
+
+# Published sizes of the datasets (all rows), to plan a recipe that asks for all of them while offline.
+FULL_SIZES = {
+    "metamathqa": 155_000,  # MetaMathQA-395K rows whose type starts with MATH_ (75k+50k+15k+15k)
+    "math500": 500,
+    "hendrycks_math": 5_000,
+    "gsm8k": 1_319,
+    "theoremqa": 800,
+    "gpqa_diamond": 198,
+    "mmlu_redux": 5_700,
+    "mmlu_pro": 12_032,
+}
 
 
 @dataclass(frozen=True)
 class Arch:
-    """What memory depends on in a decoder-only transformer."""
+    """What memory and compute depend on in a Qwen2/Llama-style decoder."""
 
     layers: int
     hidden: int
@@ -26,134 +88,259 @@ class Arch:
     kv_heads: int
     vocab: int
     tied: bool
+    qkv_bias: bool = True  # Qwen2 has q/k/v biases, Llama does not
 
     @property
     def head_dim(self) -> int:
         """Width of one attention head."""
         return self.hidden // self.heads
 
+    @property
+    def kv_width(self) -> int:
+        """Width of the k and v projections (grouped-query attention)."""
+        return self.kv_heads * self.head_dim
+
     def linear_params(self) -> int:
-        """Parameters of the attention and MLP projections (what nf4 quantizes)."""
-        kv = self.kv_heads * self.head_dim
-        attn = self.hidden * self.hidden * 2 + self.hidden * kv * 2
-        mlp = 3 * self.hidden * self.intermediate
-        return self.layers * (attn + mlp)
+        """Weights of the attention and MLP projections (what nf4 quantizes)."""
+        h, kv = self.hidden, self.kv_width
+        return self.layers * (2 * h * h + 2 * h * kv + 3 * h * self.intermediate)
 
     def embedding_params(self) -> int:
-        """Input embedding plus an untied output head (kept in 16 bits under nf4)."""
+        """Input embedding plus an untied lm_head (never quantized)."""
         return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    def small_params(self) -> int:
+        """Norm weights and q/k/v biases (never quantized)."""
+        bias = self.hidden + 2 * self.kv_width if self.qkv_bias else 0
+        return self.layers * (2 * self.hidden + bias) + self.hidden
+
+    def total_params(self) -> int:
+        """All parameters."""
+        return self.linear_params() + self.embedding_params() + self.small_params()
+
+    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
+        """KV-cache bytes per token (all layers)."""
+        return 2 * self.layers * self.kv_width * dtype_bytes
 
     def lora_params(self, r: int, targets: list[str]) -> int:
         """LoRA parameters for rank r on the named projections."""
-        kv = self.kv_heads * self.head_dim
-        shapes = {
-            "q_proj": (self.hidden, self.hidden),
-            "k_proj": (self.hidden, kv),
-            "v_proj": (self.hidden, kv),
-            "o_proj": (self.hidden, self.hidden),
-            "gate_proj": (self.hidden, self.intermediate),
-            "up_proj": (self.hidden, self.intermediate),
-            "down_proj": (self.intermediate, self.hidden),
-        }
-        return self.layers * sum(r * (shapes[t][0] + shapes[t][1]) for t in targets if t in shapes)
+        h, kv, i = self.hidden, self.kv_width, self.intermediate
+        fan = {"q_proj": h + h, "k_proj": h + kv, "v_proj": h + kv, "o_proj": h + h}
+        fan |= {"gate_proj": h + i, "up_proj": h + i, "down_proj": i + h}
+        return self.layers * sum(r * fan[t] for t in targets if t in fan)
 
 
-# Published configs (config.json on the hub) of the models the recipes name, so the plan works offline.
+# config.json of each model on the hub (layers, hidden, intermediate, heads, kv heads, vocab, tied), so the
+# plan works offline. Parameter totals, as published: 0.49B, 1.54B, 3.09B, 7.62B, 134.5M (tests check them).
 KNOWN_ARCHS = {
     "Qwen/Qwen2.5-0.5B-Instruct": Arch(24, 896, 4864, 14, 2, 151936, True),
     "Qwen/Qwen2.5-1.5B-Instruct": Arch(28, 1536, 8960, 12, 2, 151936, True),
     "Qwen/Qwen2.5-3B-Instruct": Arch(36, 2048, 11008, 16, 2, 151936, True),
     "Qwen/Qwen2.5-7B-Instruct": Arch(28, 3584, 18944, 28, 4, 152064, False),
-    "smollm2-135m": Arch(30, 576, 1536, 9, 3, 49152, True),
+    "smollm2-135m": Arch(30, 576, 1536, 9, 3, 49152, True, qkv_bias=False),
 }
 
 
 def arch_for(model_name: str, toy=None) -> Arch:
-    """The architecture of a recipe's model: known table, a local config.json, or the toy settings."""
+    """The architecture of a recipe's model: the toy settings, the known table, or a local config.json."""
     if model_name == "toy":
-        h = toy.hidden_size if toy is not None else 128
-        return Arch(toy.layers if toy is not None else 2, h, 2 * h, 4, 2, 104, True)
+        from drift_lite.recipe import ToyConfig
+        from drift_lite.toy_tokenizer import build_toy_tokenizer
+
+        t = toy if toy is not None else ToyConfig()
+        vocab = len(build_toy_tokenizer())
+        return Arch(t.layers, t.hidden_size, t.intermediate_size, t.heads, t.kv_heads, vocab, True)
     if model_name in KNOWN_ARCHS:
         return KNOWN_ARCHS[model_name]
-    config = Path(model_name) / "config.json"
+    config = Path(model_name).expanduser() / "config.json"
     if config.is_file():
+        import json
+
         c = json.loads(config.read_text())
-        return Arch(
-            c["num_hidden_layers"],
-            c["hidden_size"],
-            c["intermediate_size"],
-            c["num_attention_heads"],
-            c.get("num_key_value_heads", c["num_attention_heads"]),
-            c["vocab_size"],
-            bool(c.get("tie_word_embeddings", False)),
-        )
-    raise UserError(
-        f"model '{model_name}': unknown architecture offline (give a local folder with config.json)"
-    )
+        try:
+            return Arch(
+                c["num_hidden_layers"],
+                c["hidden_size"],
+                c["intermediate_size"],
+                c["num_attention_heads"],
+                c.get("num_key_value_heads", c["num_attention_heads"]),
+                c["vocab_size"],
+                bool(c.get("tie_word_embeddings", False)),
+                bool(c.get("attention_bias", c.get("model_type") == "qwen2")),
+            )
+        except KeyError as e:
+            raise UserError(f"{config}: no '{e.args[0]}' (need a Llama/Qwen2-style decoder config)") from None
+    known = ", ".join(["toy", *KNOWN_ARCHS])
+    raise UserError(f"model '{model_name}': architecture unknown offline (known: {known}; or a local folder)")
 
 
-def training_memory(arch: Arch, recipe, seq_len: int) -> dict:
-    """Peak GPU memory of one training micro-batch, by part (bytes).
+def _dtype_bytes(dtype: str) -> int:
+    return 4 if dtype == "float32" else 2
 
-    weights: nf4 = 4 bits + ~0.127 bits of double-quantized constants per linear parameter (QLoRA paper),
-    embeddings in 16 bits; lora/full: 16-bit weights. Trainable parameters hold fp32 weight + grad + two Adam
-    moments = 16 bytes each. Activations: with gradient checkpointing one hidden state per layer (2 bytes)
-    plus one recomputed layer (~34·h bytes per token, Korthikanti et al.) and the fp32 logits of the batch
-    (logits + their gradient: 8 bytes per vocab entry per token), which dominate for 150k-token vocabularies.
-    """
-    t = recipe.train
-    tokens = t.batch_size * seq_len
+
+@dataclass(frozen=True)
+class Lengths:
+    """Token lengths the estimates use."""
+
+    prompt: int  # longest rendered prompt of a turn (the last turn's)
+    context: int  # longest prompt + one generated turn
+
+
+def lengths(recipe, max_new: int) -> Lengths:
+    """The longest prompt and context of an episode with `max_new` tokens per turn."""
+    env = recipe.env
+    first = PROMPT_TOKENS + SHOT_TOKENS * env.shots
+    prompt = first + (env.max_turns - 1) * (max_new + FEEDBACK_TOKENS[env.mode])
+    return Lengths(prompt, prompt + max_new)
+
+
+def training_memory(arch: Arch, recipe, seq_len: int, *, checkpointing: bool) -> dict[str, float]:
+    """Peak memory of one training micro-batch by part, plus `total` (see the module docstring)."""
+    t, act_bytes = recipe.train, _dtype_bytes(recipe.model.dtype)
+    unquantized = arch.embedding_params() + arch.small_params()
+    parts: dict[str, float] = {}
     if t.finetune == "qlora":
-        weights = arch.linear_params() * (4.127 / 8) + arch.embedding_params() * 2
+        parts["nf4 weights"] = arch.linear_params() * NF4_BITS / 8
+        parts["fp32 embeddings/norms"] = unquantized * 4
+        parts["LoRA, grads, AdamW"] = arch.lora_params(t.lora_r, t.target_modules) * 16
+        act_bytes = 4
+    elif t.finetune == "lora":
+        parts["weights"] = arch.total_params() * act_bytes
+        parts["LoRA, grads, AdamW"] = arch.lora_params(t.lora_r, t.target_modules) * 16
     else:
-        weights = (arch.linear_params() + arch.embedding_params()) * 2
-    trainable = (
-        arch.linear_params() + arch.embedding_params()
-        if t.finetune == "full"
-        else arch.lora_params(t.lora_r, t.target_modules)
-    )
-    optimizer = trainable * 16
-    activations = tokens * arch.hidden * 2 * arch.layers + tokens * arch.hidden * 34
-    logits = tokens * arch.vocab * 8
-    overhead = 0.6 * GIB  # CUDA context and allocator slack
-    parts = {
-        "weights": weights,
-        "trainable+optimizer": optimizer,
-        "activations": activations,
-        "logits": logits,
-        "cuda overhead": overhead,
-    }
-    parts["total"] = sum(parts.values())
+        parts["weights, grads, AdamW"] = arch.total_params() * act_bytes * 4
+    tokens = t.batch_size * seq_len
+    layer = tokens * (14 * arch.hidden + 3 * arch.intermediate + seq_len) * act_bytes
+    if checkpointing:
+        parts["layer inputs"] = arch.layers * tokens * arch.hidden * act_bytes
+        parts["recomputed layer"] = layer + 2 * tokens * arch.hidden * act_bytes  # + gradients in flight
+    else:
+        parts["activations"] = arch.layers * layer
+    scored = t.batch_size * (recipe.rollout.max_new_tokens + 1)
+    if t.target == "all":
+        scored *= recipe.env.max_turns
+    parts["logits"] = 3 * min(scored, tokens) * arch.vocab * 4
+    parts["total"] = total_of(parts)
     return parts
 
 
-def rollout_memory(arch: Arch, recipe, context_tokens: int) -> dict:
-    """Peak GPU memory of batched generation: weights plus the KV cache of a full batch at full length."""
-    weights_bytes = 2 if recipe.model.quantization == "none" else 4.127 / 8
-    weights = arch.linear_params() * weights_bytes + arch.embedding_params() * 2
-    kv_per_token = 2 * arch.layers * arch.kv_heads * arch.head_dim * 2
-    kv = recipe.rollout.batch_size * context_tokens * kv_per_token
-    logits = recipe.rollout.batch_size * arch.vocab * 4 * 2
-    parts = {"weights": weights, "kv cache": kv, "logits": logits, "cuda overhead": 0.6 * GIB}
-    parts["total"] = sum(parts.values())
+def generation_memory(arch: Arch, model, batch: int, lens: Lengths) -> dict[str, float]:
+    """Peak memory of batched multi-turn generation by part, plus `total` (see the module docstring)."""
+    nbytes = _dtype_bytes(model.dtype)
+    unquantized = (arch.embedding_params() + arch.small_params()) * nbytes
+    if model.quantization == "nf4":
+        weights = arch.linear_params() * NF4_BITS / 8 + unquantized
+    else:
+        weights = arch.total_params() * nbytes
+    kv = arch.kv_bytes_per_token(nbytes)
+    prefill = batch * lens.prompt * (kv + (3 * arch.intermediate + 4 * arch.hidden) * nbytes + lens.prompt)
+    decode = batch * lens.context * kv * (1 + 1 / arch.layers)  # + one layer's copy as the cache grows
+    parts = {"weights": weights, "logits": 3 * batch * arch.vocab * 4, "prefill": prefill, "decoding": decode}
+    parts["total"] = total_of(parts)
     return parts
 
 
-def _gib(x: float) -> str:
-    return f"{x / GIB:.2f} GiB"
+# Parts that are never live together: the peak counts the larger one of each pair.
+EXCLUSIVE = (("recomputed layer", "logits"), ("prefill", "decoding"))
 
+
+def total_of(parts: dict[str, float]) -> float:
+    """Sum of the parts, counting only the larger of each exclusive pair."""
+    total = sum(v for k, v in parts.items() if k != "total")
+    for a, b in EXCLUSIVE:
+        if a in parts and b in parts:
+            total -= min(parts[a], parts[b])
+    return total
+
+
+def formula(parts: dict[str, float], gpu: bool) -> str:
+    """How `total_of` adds the parts up."""
+    pairs = [(a, b) for a, b in EXCLUSIVE if a in parts and b in parts]
+    paired = {k for pair in pairs for k in pair}
+    terms = [f"{k} {size(parts[k])}" for k in parts if k not in paired and k != "total"]
+    terms += [f"max({a} {size(parts[a])}, {b} {size(parts[b])})" for a, b in pairs]
+    text = " + ".join(terms)
+    return f"({text}) x {FRAGMENTATION:g} + {size(CUDA_FIXED)} CUDA context" if gpu else text
+
+
+def size(nbytes: float) -> str:
+    """Bytes as GiB (MiB below 1 GiB)."""
+    return f"{nbytes / GIB:.1f} GiB" if nbytes >= GIB else f"{nbytes / 2**20:.0f} MiB"
+
+
+def on_gpu_total(parts: dict[str, float]) -> float:
+    """Allocated peak plus allocator fragmentation and CUDA context."""
+    return parts["total"] * FRAGMENTATION + CUDA_FIXED
+
+
+def gpu_class(nbytes: float) -> str:
+    """The smallest common GPU memory size that holds `nbytes` (GB as sold, 1e9 bytes)."""
+    for size in (8, 12, 16, 24, 48, 80):
+        if nbytes <= size * 1e9 * 0.97:  # the driver keeps a little
+            return f"{size} GB"
+    return "more than 80 GB"
+
+
+def step_seconds(arch: Arch, model, batch: int, context: float, sampled: bool) -> tuple[float, float]:
+    """(fast, slow) seconds of one batched decoding step of HF `generate`."""
+    nbytes = _dtype_bytes(model.dtype)
+    per_param = NF4_STEP_BYTES if model.quantization == "nf4" else nbytes
+    moved = arch.linear_params() * per_param + arch.vocab * arch.hidden * nbytes
+    moved += batch * context * arch.kv_bytes_per_token(nbytes)
+    out = []
+    for k in range(2):
+        s = arch.layers * LAYER_STEP_S[k] + moved / BANDWIDTH[k]
+        out.append(s + (batch * arch.vocab * GUMBEL_S_PER_ENTRY[k] if sampled else 0.0))
+    return out[0], out[1]
+
+
+def generation_hours(
+    arch: Arch, model, episodes: int, batch: int, max_new: int, lens: Lengths, sampled: bool, turns=TURNS
+) -> tuple[float, float]:
+    """(low, high) hours to play `episodes` multi-turn episodes, `batch` at a time: per batched turn, a
+    prefill of the conversation so far (2P FLOPs per token) and the decoding steps."""
+    mean_prompt = (PROMPT_TOKENS + lens.prompt) / 2
+    step = step_seconds(arch, model, batch, mean_prompt + max_new / 2, sampled)  # mean context of a step
+    out = []
+    for k in range(2):
+        prefill = batch * mean_prompt * 2 * arch.linear_params() / PREFILL_FLOPS[k]
+        turn = prefill + BATCH_STEPS[k] * max_new * step[k]
+        out.append(math.ceil(episodes * turns[k] / batch) * turn / 3600)
+    return out[0], out[1]
+
+
+def training_hours(arch: Arch, recipe, rows: int, row_tokens: tuple[float, float]) -> tuple[float, float]:
+    """(low, high) hours of training: 6P FLOPs per token for projections (forward, recomputation, input
+    gradients; 8P for full fine-tuning), 8·L·h·T for attention, 6·V·h per scored token for the lm_head."""
+    t = recipe.train
+    linear = 8 if t.finetune == "full" else 6
+    scored = recipe.rollout.max_new_tokens + 1
+    out = []
+    for k in range(2):
+        tokens = rows * t.epochs * row_tokens[k]
+        flops = tokens * (linear * arch.linear_params() + 8 * arch.layers * arch.hidden * row_tokens[k] / 2)
+        flops += rows * t.epochs * scored * 6 * arch.vocab * arch.hidden
+        out.append(flops / GPU_FLOPS[k] / 3600)
+    return out[0], out[1]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
-# Rough, stated assumptions for time ranges: HF `generate` tokens/s over a full batch, and training tokens/s,
-# on one 24 GB consumer GPU (RTX 3090/4090 class) for a ~3B model; scaled by parameter count for others.
-GPU_GEN_TOKENS_PER_S_3B = (600, 2500)
-GPU_TRAIN_TOKENS_PER_S_3B = (1500, 4000)
 
 
-def _offline() -> bool:
-    import os
+def offline() -> bool:
+    """True when HF_HUB_OFFLINE asks for no hub access."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("0", "", "false", "no")
 
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+
+def _hub_default(task: str) -> str | None:
+    from drift_lite.tasks import choice
+    from drift_lite.tasks import math as math_tasks
+
+    spec = math_tasks.HUB.get(task) or choice.HUB.get(task)
+    return spec.path if spec is not None else None
 
 
 def _fixture(task: str) -> Path | None:
@@ -163,73 +350,213 @@ def _fixture(task: str) -> Path | None:
     return found[0] if found else None
 
 
-def resolve_problems(
-    task: str, split: str, source: str | None, size: int | None, seed: int
-) -> tuple[list, str]:
-    """Load a task's problems; offline, a hub source is replaced by the shipped fixture (and says so)."""
-    from drift_lite.tasks import load_problems
+@dataclass
+class Resolved:
+    """A task's problems as checked here, and how many a real run would use."""
 
-    if task != "toy" and source is None and _offline():
+    planned: int  # problems a run would use
+    loaded: int  # problems parsed here
+    where: str
+
+
+def resolve_problems(task: str, split: str, source: str | None, size: int | None, seed: int) -> Resolved:
+    """Load a task's problems; offline, a hub dataset is replaced by the shipped fixture (and says so)."""
+    from drift_lite.tasks import load_problems
+    from drift_lite.tasks.loading import is_local
+
+    # the hub dataset a run would read: None for local files, toy tasks and tasks without a hub default
+    hub = _hub_default(task) if source is None else None if is_local(source) else source
+    if task != "toy" and hub is not None and offline():
         fixture = _fixture(task)
         if fixture is None:
-            raise UserError(f"task '{task}': offline and no fixture in {FIXTURES}")
-        problems = load_problems(task, split, str(fixture), size, seed)
-        return (
-            problems,
-            f"{fixture.relative_to(FIXTURES.parent.parent)} (offline: fixture stands in for the hub)",
+            raise UserError(f"task '{task}': offline (HF_HUB_OFFLINE) and no fixture in {FIXTURES}")
+        n = len(load_problems(task, split, str(fixture), size, seed))
+        planned = size if size is not None else FULL_SIZES.get(task, n)
+        note = f"hub {hub}; offline, so its fixture {fixture.relative_to(FIXTURES.parent.parent)} stood in"
+        return Resolved(planned, n, f"{note} ({n} problems parsed)")
+    problems = load_problems(task, split, source, size, seed)
+    where = source or ("generated" if task == "toy" else f"hub {hub}")
+    return Resolved(len(problems), len(problems), where)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass
+class Plan:
+    """Everything `check` prints, as numbers (GPU totals include fragmentation and CUDA context)."""
+
+    arch: Arch
+    gpu: bool
+    train_set: Resolved
+    eval_sets: list[tuple[str, Resolved]]
+    trajectories: int
+    generated: tuple[float, float, int]  # expected low, expected high, at most
+    optimizer_steps: int
+    train_seq: int
+    rollout_lengths: Lengths
+    eval_lengths: Lengths
+    memory: dict[str, dict[str, float]]  # phase -> parts, with `total` as allocated
+    hours: dict[str, tuple[float, float]]  # phase -> (low, high); empty on a CPU
+
+    def peak(self, phase: str) -> float:
+        """Estimated peak bytes of a phase (`training`, `rollout`, `evaluation`) as a GPU reports it."""
+        parts = self.memory[phase]
+        return on_gpu_total(parts) if self.gpu else parts["total"]
+
+
+def uses_gpu(model) -> bool:
+    """Whether a run would use CUDA: `cuda`, or `auto` on a machine with a CUDA device."""
+    if model.device != "auto":
+        return model.device == "cuda"
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _validate(recipe) -> None:
+    from drift_lite.tasks import checker_for
+
+    if recipe.env.shots > 0 and recipe.task.name != "toy":  # as rollout.load_shots rules
+        raise UserError(f"env.shots: worked examples exist only for the toy tasks, not '{recipe.task.name}'")
+    if not recipe.eval.sets:
+        raise UserError("eval.sets: empty (name at least one evaluation set)")
+    checker_for(recipe.task.name, recipe.task.checker)
+    for s in recipe.eval.sets:
+        checker_for(s.task, s.checker)
+
+
+def make_plan(recipe) -> Plan:
+    """Validate the recipe, resolve its data, and estimate tokens, memory and time."""
+    _validate(recipe)
+    m, r, tr, ev = recipe.model, recipe.rollout, recipe.train, recipe.eval
+    arch = arch_for(m.name, recipe.toy)
+    gpu = uses_gpu(m)
+    train_set = resolve_problems(
+        recipe.task.name, "train", recipe.task.source, recipe.task.size, recipe.task.seed
+    )
+    eval_sets = [
+        (s.name or s.task, resolve_problems(s.task, "eval", s.source, s.size, recipe.task.seed))
+        for s in ev.sets
+    ]
+    trajectories = train_set.planned * r.n_samples
+    per_traj = [TURNS[k] * TURN_FILL[k] * r.max_new_tokens for k in range(2)]
+    generated = (
+        trajectories * per_traj[0],
+        trajectories * per_traj[1],
+        trajectories * recipe.env.max_turns * r.max_new_tokens,
+    )
+    roll_len, eval_len = lengths(recipe, r.max_new_tokens), lengths(recipe, ev.max_new_tokens)
+    seq = min(tr.max_length, roll_len.context)
+    steps = (
+        tr.max_steps
+        if tr.max_steps > 0
+        else math.ceil(trajectories * tr.epochs / (tr.batch_size * tr.grad_accum))
+    )
+    memory = {
+        "training": training_memory(arch, recipe, seq, checkpointing=gpu),
+        "rollout": generation_memory(arch, m, r.batch_size, roll_len),
+        "evaluation": generation_memory(arch, m, ev.batch_size, eval_len),
+    }
+    hours: dict[str, tuple[float, float]] = {}
+    if gpu:
+        hours["rollouts"] = generation_hours(
+            arch, m, trajectories, r.batch_size, r.max_new_tokens, roll_len, True
         )
-    return load_problems(task, split, source, size, seed), source or ("generated" if task == "toy" else "hub")
+        feedback = FEEDBACK_TOKENS[recipe.env.mode]
+        rows = tuple(
+            min(seq, PROMPT_TOKENS + TURNS[k] * (TURN_FILL[k] * r.max_new_tokens + feedback))
+            for k in range(2)
+        )
+        hours["training"] = training_hours(arch, recipe, trajectories, rows)
+        episodes = sum(found.planned for _, found in eval_sets) * ev.repeats
+        once = generation_hours(
+            arch, m, episodes, ev.batch_size, ev.max_new_tokens, eval_len, not ev.greedy, EVAL_TURNS
+        )
+        hours["evaluation"] = (2 * once[0], 2 * once[1])  # the reference, then the trained model
+    return Plan(
+        arch,
+        gpu,
+        train_set,
+        eval_sets,
+        trajectories,
+        generated,
+        steps,
+        seq,
+        roll_len,
+        eval_len,
+        memory,
+        hours,
+    )
+
+
+def count(n: float) -> str:
+    """A parameter or token count with a unit: 3.09 B, 134.5 M, 0.50 M."""
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e6:.2f} M"
+
+
+def _range(pair: tuple[float, float]) -> str:
+    return f"{pair[0]:.1f}-{pair[1]:.1f} h"
+
+
+def format_plan(recipe, p: Plan) -> str:
+    """The plan as `drift-lite check` prints it."""
+    m, t, r, tr, ev, a = recipe.model, recipe.task, recipe.rollout, recipe.train, recipe.eval, p.arch
+    here = (" (cuda here)" if p.gpu else " (cpu here)") if m.device == "auto" else ""
+    lines = [
+        f"recipe '{recipe.name}': valid",
+        f"model {m.name}: {count(a.total_params())} parameters ({a.layers} layers, hidden {a.hidden}, "
+        f"MLP {a.intermediate}, {a.heads} heads / {a.kv_heads} kv, vocab {a.vocab}"
+        f"{', tied' if a.tied else ''}); sampling in {m.dtype}, quantization {m.quantization}; "
+        f"training {tr.finetune}; device {m.device}{here}",
+        f"train prompts: {p.train_set.planned} of {t.name} from {p.train_set.where}",
+    ]
+    lines += [f"eval set {name}: {found.planned} problems from {found.where}" for name, found in p.eval_sets]
+    low, high, most = p.generated
+    lines.append(
+        f"rollouts: {p.train_set.planned} prompts x N={r.n_samples} = {p.trajectories:,} trajectories of up "
+        f"to {recipe.env.max_turns} turns x {r.max_new_tokens} tokens: generated tokens at most "
+        f"{most / 1e6:.1f} M, expected {low / 1e6:.1f}-{high / 1e6:.1f} M"
+    )
+    cut = ", longer prompts cut from the left" if tr.max_length < p.rollout_lengths.context else ""
+    lines.append(
+        f"training: {p.trajectories:,} rows x {tr.epochs:g} epoch, micro-batch {tr.batch_size} x GA "
+        f"{tr.grad_accum} = {tr.batch_size * tr.grad_accum}, {p.optimizer_steps} optimizer steps, rows up to "
+        f"{p.train_seq} tokens (train.max_length {tr.max_length}{cut})"
+    )
+    where = "GPU memory" if p.gpu else "memory (host RAM: a CPU run, no checkpointing)"
+    lines.append(f"peak {where}, estimated (formulas in drift_lite/plan.py):")
+    batches = {
+        "training": f"micro-batch {tr.batch_size} x {p.train_seq} tokens{', checkpointed' if p.gpu else ''}",
+        "rollout": f"batch {r.batch_size} x {p.rollout_lengths.context} tokens",
+        "evaluation": f"batch {ev.batch_size} x {p.eval_lengths.context} tokens",
+    }
+    for phase, parts in p.memory.items():
+        fits = f", fits on a GPU with {gpu_class(p.peak(phase))}" if p.gpu else ""
+        lines.append(f"  {phase} ({batches[phase]}): {size(p.peak(phase))}{fits}")
+        lines.append(f"    = {formula(parts, p.gpu)}")
+    if not p.gpu:
+        lines.append("time: not estimated for a CPU run")
+        return "\n".join(lines)
+    total = tuple(sum(h[k] for h in p.hours.values()) for k in range(2))
+    lines.append(
+        "time, rough: "
+        + ", ".join(f"{k} {_range(v)}" for k, v in p.hours.items())
+        + f" (reference and trained); total {_range(total)}"
+    )
+    mean_context = (PROMPT_TOKENS + p.rollout_lengths.prompt + r.max_new_tokens) / 2
+    step = step_seconds(a, m, r.batch_size, mean_context, True)  # as generation_hours takes it
+    lines.append(
+        f"  assuming an RTX 3090/4090-class GPU: rollout decoding steps of {step[0] * 1e3:.0f}-"
+        f"{step[1] * 1e3:.0f} ms at batch {r.batch_size} (with per-row CPU Gumbel noise), a batched turn "
+        f"running {BATCH_STEPS[0]:.0%}-{BATCH_STEPS[1]:.0%} of max_new_tokens, {TURNS[0]:g}-{TURNS[1]:g} "
+        f"turns per trajectory, {TURN_FILL[0]:.0%}-{TURN_FILL[1]:.0%} of max_new_tokens per turn, "
+        f"training at {GPU_FLOPS[1] / 1e12:.0f}-{GPU_FLOPS[0] / 1e12:.0f} TFLOP/s"
+    )
+    return "\n".join(lines)
 
 
 def check(recipe) -> str:
     """Validate the recipe, resolve every data source, and return the printed plan."""
-    from drift_lite.tasks import checker_for
-
-    lines = [f"recipe '{recipe.name}': valid"]
-    arch = arch_for(recipe.model.name, recipe.toy)
-    lines.append(
-        f"model: {recipe.model.name} ({recipe.model.dtype}, quantization {recipe.model.quantization}); "
-        f"{arch.layers} layers, hidden {arch.hidden}, vocab {arch.vocab}, "
-        f"{(arch.linear_params() + arch.embedding_params()) / 1e9:.2f} B parameters"
-    )
-    t = recipe.task
-    problems, where = resolve_problems(t.name, "train", t.source, t.size, t.seed)
-    checker_for(t.name, t.checker)
-    n = recipe.rollout.n_samples
-    turns, per_turn = recipe.env.max_turns, recipe.rollout.max_new_tokens
-    trajectories = len(problems) * n
-    most = trajectories * turns * per_turn
-    lines.append(f"train prompts: {len(problems)} from {t.name}: {where}")
-    lines.append(
-        f"rollouts: {len(problems)} prompts x N={n} = {trajectories} trajectories; at most {turns} turns x "
-        f"{per_turn} tokens = {most:,} generated tokens (expect 25-60% of that: early solves, early stops)"
-    )
-    for s in recipe.eval.sets:
-        eval_problems, eval_where = resolve_problems(s.task, "eval", s.source, s.size, t.seed)
-        checker_for(s.task, s.checker)
-        lines.append(f"eval set {s.name or s.task}: {len(eval_problems)} problems from {eval_where}")
-    tr = recipe.train
-    batch = tr.batch_size * tr.grad_accum
-    steps = tr.max_steps if tr.max_steps > 0 else max(1, round(trajectories * tr.epochs / batch))
-    seq = min(tr.max_length, 400 + turns * per_turn)
-    lines.append(
-        f"training: {trajectories} rows, batch {tr.batch_size} x GA {tr.grad_accum} = {batch}, "
-        f"{steps} optimizer steps, {tr.finetune}, sequences up to {seq} tokens"
-    )
-    mem_train = training_memory(arch, recipe, seq)
-    mem_roll = rollout_memory(arch, recipe, seq)
-    lines.append("peak GPU memory, estimated (see drift_lite/plan.py for the formulas):")
-    lines.append("  training micro-batch: " + ", ".join(f"{k} {_gib(v)}" for k, v in mem_train.items()))
-    lines.append("  rollout batch:        " + ", ".join(f"{k} {_gib(v)}" for k, v in mem_roll.items()))
-    scale = 3.09e9 / max(arch.linear_params() + arch.embedding_params(), 1)
-    gen = [r * scale for r in GPU_GEN_TOKENS_PER_S_3B]
-    trn = [r * scale for r in GPU_TRAIN_TOKENS_PER_S_3B]
-    expected = 0.4 * most
-    train_tokens = trajectories * tr.epochs * seq * 0.6
-    lines.append(
-        f"time on one 24 GB GPU, rough: rollouts "
-        f"{expected / gen[1] / 3600:.1f}-{expected / gen[0] / 3600:.1f} h, "
-        f"training {train_tokens / trn[1] / 3600:.1f}-{train_tokens / trn[0] / 3600:.1f} h "
-        f"(assumes {gen[0]:.0f}-{gen[1]:.0f} generated and {trn[0]:.0f}-{trn[1]:.0f} trained tokens/s)"
-    )
-    return "\n".join(lines)
+    return format_plan(recipe, make_plan(recipe))
