@@ -153,7 +153,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `drift-lite` console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may come after options (`RECIPE --out DIR key=value`): argparse stops filling a positional
+    # list at the first option, so collect the key=value words it leaves over.
+    args, extra = parser.parse_known_args(argv)
+    stray = [w for w in extra if w.startswith("-") or "=" not in w or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return _dispatch(args)
     except UserError as e:
