@@ -117,7 +117,10 @@ def load_tokenizer(path: str, model: ModelConfig):
     """Load the tokenizer of `path`; give it a pad token (eos) when it has none (padding is always masked)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code)
+    except (OSError, ValueError) as e:  # what transformers raises for a folder or hub id that is no model
+        raise UserError(f"cannot load the tokenizer of model {path}: {_first_line(e)}") from e
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
@@ -125,6 +128,12 @@ def load_tokenizer(path: str, model: ModelConfig):
             f"model {path}: its tokenizer has no chat template (an instruct/chat model is needed)"
         )
     return tokenizer
+
+
+def _first_line(error: BaseException) -> str:
+    """The first non-blank line of an exception's message (its type name when the message is empty)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0].rstrip(":") if lines else type(error).__name__
 
 
 def wants_4bit(model: ModelConfig, train: TrainConfig | None) -> bool:
@@ -158,8 +167,8 @@ def load_model(
         kwargs["device_map"] = {"": device}  # bitsandbytes quantizes while placing the weights
     try:
         loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as e:
-        raise UserError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError) as e:  # missing/broken config.json, unknown model type, no weights
+        raise UserError(f"cannot load model {path}: {_first_line(e)}") from e
     if four_bit:
         disable_cpu_repacking(loaded)
     else:

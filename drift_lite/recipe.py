@@ -1,6 +1,11 @@
 """Recipes: one YAML file per run, read into dataclasses, with `key.sub=value` overrides.
 
-Unknown keys and wrong types are one-line errors that name the file and the key.
+Unknown keys, wrong types and out-of-range numbers are one-line errors that name the file and the key.
+
+A relative data `source` (task.source, eval.sets[i].source) is read relative to the current directory when
+it exists there, else relative to the recipe file's folder when the file exists there (it is then stored
+as an absolute path); otherwise it is kept as given: a hub id such as `openai/gsm8k` looks like a relative
+path too, so it is only rewritten when the file actually exists.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -215,8 +221,26 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
             parsed = value
         _set_path(data, key.strip().split("."), parsed)
     recipe = _build(Recipe, data, where, "")
-    _check_choices(recipe, where)
+    if path is not None:
+        _resolve_sources(recipe, Path(path).parent)
+    check_recipe(recipe, where)
     return recipe
+
+
+def resolve_source(source: str | None, recipe_dir: str | Path) -> str | None:
+    """A relative `source` as the recipe means it: kept when it exists relative to the current directory,
+    else the recipe folder's file of that name (as an absolute path) when there is one, else kept as given
+    (a hub id such as `openai/gsm8k`, or a missing file that loading reports)."""
+    if not source or os.path.isabs(source) or os.path.exists(source):
+        return source
+    beside = Path(recipe_dir) / source
+    return os.path.abspath(beside) if beside.is_file() else source
+
+
+def _resolve_sources(recipe: Recipe, recipe_dir: Path) -> None:
+    recipe.task.source = resolve_source(recipe.task.source, recipe_dir)
+    for eval_set in recipe.eval.sets:
+        eval_set.source = resolve_source(eval_set.source, recipe_dir)
 
 
 def _set_path(data: dict, keys: list[str], value: object) -> None:
@@ -280,25 +304,54 @@ def _tname(value: object) -> str:
     return {dict: "mapping", list: "list", type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def _check_choices(recipe: Recipe, where: str) -> None:
+def check_recipe(recipe: Recipe, where: str = "<recipe>") -> None:
+    """Raise a one-line UserError naming the key when a choice is unknown or a number is out of range."""
     data = recipe.to_dict()
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = data[section][name]
         if value not in allowed:
             raise UserError(f"{where}: key '{key}': expected one of {sorted(allowed)}, got {value!r}")
+    r, e, t = recipe.rollout, recipe.eval, recipe.train
     checks = [
         ("weights.beta", recipe.weights.beta > 0, "must be > 0"),
         ("weights.gamma", 0 < recipe.weights.gamma <= 1, "must be in (0, 1]"),
         ("env.max_turns", recipe.env.max_turns >= 1, "must be >= 1"),
-        ("rollout.n_samples", recipe.rollout.n_samples >= 1, "must be >= 1"),
-        ("rollout.temperature", recipe.rollout.temperature > 0, "must be > 0"),
-        ("train.batch_size", recipe.train.batch_size >= 1, "must be >= 1"),
-        ("train.grad_accum", recipe.train.grad_accum >= 1, "must be >= 1"),
+        ("env.shots", recipe.env.shots >= 0, "must be >= 0"),
+        ("task.size", recipe.task.size is None or recipe.task.size >= 1, "must be >= 1 (or null for all)"),
+        ("rollout.n_samples", r.n_samples >= 1, "must be >= 1"),
+        ("rollout.temperature", r.temperature > 0, "must be > 0"),
+        ("rollout.top_p", 0 < r.top_p <= 1, "must be in (0, 1]"),
+        ("rollout.max_new_tokens", r.max_new_tokens >= 1, "must be >= 1"),
+        ("rollout.batch_size", r.batch_size >= 1, "must be >= 1"),
+        ("eval.temperature", e.temperature > 0, "must be > 0"),
+        ("eval.top_p", 0 < e.top_p <= 1, "must be in (0, 1]"),
+        ("eval.max_new_tokens", e.max_new_tokens >= 1, "must be >= 1"),
+        ("eval.batch_size", e.batch_size >= 1, "must be >= 1"),
+        ("eval.repeats", e.repeats >= 1, "must be >= 1"),
+        *(
+            (f"eval.sets[{i}].size", s.size is None or s.size >= 1, "must be >= 1 (or null for all)")
+            for i, s in enumerate(e.sets)
+        ),
+        ("train.lr", t.lr > 0, "must be > 0"),
+        ("train.epochs", t.epochs > 0 or t.max_steps > 0, "must be > 0 (or set train.max_steps > 0)"),
+        ("train.batch_size", t.batch_size >= 1, "must be >= 1"),
+        ("train.grad_accum", t.grad_accum >= 1, "must be >= 1"),
+        ("train.lora_r", t.lora_r >= 1, "must be >= 1"),
+        ("train.max_length", t.max_length >= 16, "must be >= 16"),
     ]
     for key, ok, rule in checks:
         if not ok:
-            raise UserError(f"{where}: key '{key}': {rule}")
+            value = _lookup(data, key)
+            raise UserError(f"{where}: key '{key}': {rule}, got {value!r}")
+
+
+def _lookup(data: dict, key: str) -> object:
+    """The value at a dotted key such as `eval.sets[0].size`."""
+    value: object = data
+    for part in key.replace("[", ".").replace("]", "").split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
 
 
 def dump_recipe(recipe: Recipe, path: str | Path, extra: dict | None = None) -> None:

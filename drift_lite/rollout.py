@@ -231,11 +231,12 @@ def fingerprint_path(out_path: Path) -> Path:
 def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_progress: bool = True) -> dict:
     """Sample `rollout.n_samples` multi-turn trajectories per training prompt into `out_path` (resumable)."""
     from drift_lite import models, records
+    from drift_lite.recipe import check_recipe
     from drift_lite.tasks import checker_for, feedback_for, load_problems
 
     out_path = Path(out_path)
     records.check_output_path(out_path)
-    _check_rollout_config(recipe)
+    check_recipe(recipe)  # load_recipe checked it already; a Recipe built in code has not been
     shots = load_shots(recipe)
     settings = rollout_settings(recipe)
     fp_path = fingerprint_path(out_path)
@@ -356,17 +357,6 @@ def is_complete(out_path: str | Path, recipe) -> bool:
         and meta.get("complete")
         and meta["settings"] == rollout_settings(recipe)
     )
-
-
-def _check_rollout_config(recipe) -> None:
-    """One-line errors for rollout settings that recipe.py does not range-check (nothing runs with them)."""
-    r = recipe.rollout
-    if r.batch_size < 1:
-        raise UserError(f"key 'rollout.batch_size': must be >= 1, got {r.batch_size}")
-    if r.max_new_tokens < 1:
-        raise UserError(f"key 'rollout.max_new_tokens': must be >= 1, got {r.max_new_tokens}")
-    if not 0 < r.top_p <= 1:
-        raise UserError(f"key 'rollout.top_p': must be in (0, 1], got {r.top_p}")
 
 
 def _check_same_settings(out_path: Path, settings: dict) -> None:

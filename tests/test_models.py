@@ -107,6 +107,49 @@ def _linear4bit(model) -> list:
     return [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
 
 
+def _not_a_model(root: Path, kind: str) -> Path:
+    """A folder that exists but holds no loadable model: empty, or with a broken config.json."""
+    folder = root / kind
+    folder.mkdir()
+    if kind == "bad-json":
+        (folder / "config.json").write_text("{not json")
+    elif kind == "unknown-type":
+        (folder / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    elif kind == "no-weights":
+        (folder / "config.json").write_text(
+            '{"model_type": "qwen2", "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, '
+            '"num_key_value_heads": 1, "intermediate_size": 8, "vocab_size": 16}'
+        )
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["empty", "bad-json", "unknown-type", "no-weights"])
+def test_a_folder_that_is_not_a_model_is_a_one_line_error(tmp_path, monkeypatch, kind):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = _not_a_model(tmp_path, kind)
+    cfg = ModelConfig(name=str(folder), device="cpu")
+    with pytest.raises(UserError) as info:
+        load_model(str(folder), cfg)
+    message = str(info.value)
+    assert message.startswith(f"cannot load model {folder}: ") and "\n" not in message
+    assert len(message) > len(f"cannot load model {folder}: ")  # the cause's first line is kept
+    with pytest.raises(UserError) as info:
+        load_tokenizer(str(folder), cfg)
+    message = str(info.value)
+    assert str(folder) in message and "\n" not in message
+
+
+def test_programming_errors_while_loading_are_not_turned_into_user_errors(tiny, monkeypatch):
+    import transformers
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug, not a user mistake")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", broken)
+    with pytest.raises(TypeError):
+        load_model(tiny, ModelConfig(name=tiny, device="cpu"))
+
+
 def test_nf4_on_cpu_turns_off_avx512bf16_repacking(tiny):
     model = load_model(tiny, ModelConfig(name=tiny, quantization="nf4"))
     layers = _linear4bit(model)

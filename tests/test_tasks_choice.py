@@ -123,3 +123,15 @@ def test_jsonl_and_parquet_give_the_same_problems(tmp_path: Path) -> None:
     from_parquet = LOADERS["mmlu_pro"](str(tmp_path / "pro.parquet"), None, 0)
     from_jsonl = LOADERS["mmlu_pro"](str(FIXTURES / "mmlu_pro.jsonl"), None, 0)
     assert from_parquet == from_jsonl
+
+
+def test_offline_hub_dataset_with_config_names_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as err:
+        LOADERS["mmlu_redux"](None, 4, 0)  # asks the hub for its subject configs first
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("edinburgh-dawg/mmlu-redux-2.0: ")
+    assert "`source`" in message

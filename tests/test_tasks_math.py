@@ -141,3 +141,87 @@ def test_missing_or_unreadable_files(tmp_path: Path) -> None:
     assert "\n" not in str(err.value) and str(bad) in str(err.value)
     with pytest.raises(UserError, match="unknown file type"):
         LOADERS["gsm8k"](str(tmp_path), None, 0)
+
+
+@pytest.fixture
+def no_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty `datasets` / hub caches, so a hub id can only come from the hub."""
+    import datasets
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+
+
+def test_offline_hub_id_fails_fast_in_one_line(no_hub_cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import datasets
+    from huggingface_hub import constants
+
+    from drift_lite.tasks import loading
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("HF_HUB_OFFLINE is set: the hub must not be probed")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # after `datasets` was imported: its own flag is stale
+    monkeypatch.setattr(loading, "hub_reachable", no_probe)
+    flags = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    start = time.perf_counter()
+    with pytest.raises(UserError) as err:
+        LOADERS["gsm8k"](None, 4, 0)
+    assert time.perf_counter() - start < 5
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("openai/gsm8k: ")
+    assert "HF_HUB_OFFLINE" in message and "`source`" in message and "data/fixtures/" in message
+    assert flags == (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE)  # restored
+
+
+def test_unreachable_hub_fails_fast_in_one_line(no_hub_cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import datasets
+    from huggingface_hub import constants
+
+    from drift_lite.tasks import loading
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
+    start = time.perf_counter()
+    with pytest.raises(UserError) as err:
+        LOADERS["math500"](None, 4, 0)
+    assert time.perf_counter() - start < 5
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("HuggingFaceH4/MATH-500: ")
+    assert "cannot be reached" in message and "`source`" in message
+
+
+def test_hub_probe_failure_means_unreachable_and_is_asked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    from drift_lite.tasks import loading
+
+    calls = []
+
+    class Session:
+        def head(self, url, timeout):
+            calls.append((url, timeout))
+            raise OSError("Name or service not known")
+
+    monkeypatch.setattr(loading, "_REACHABLE", {})
+    monkeypatch.setattr(huggingface_hub, "get_session", lambda: Session())
+    assert loading.hub_reachable(timeout=0.5) is False
+    assert loading.hub_reachable(timeout=0.5) is False
+    assert len(calls) == 1 and calls[0][1] == 0.5
+
+
+@pytest.mark.parametrize(("value", "offline"), [("1", True), ("true", True), ("0", False), ("", False)])
+def test_hub_offline_reads_the_environment_now(monkeypatch: pytest.MonkeyPatch, value, offline) -> None:
+    from drift_lite.tasks.loading import hub_offline
+
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    assert hub_offline() is offline

@@ -131,3 +131,15 @@ def test_no_default_source() -> None:
     with pytest.raises(UserError, match="no default source") as err:
         LOADERS["mtu_bench"](None, None, 0)
     assert "\n" not in str(err.value)
+
+
+def test_offline_hub_source_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as err:
+        LOADERS["mtu_bench"]("someone/converted-mtu-bench", None, 0)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("someone/converted-mtu-bench: ")
+    assert "`source`" in message

@@ -2,7 +2,9 @@
 
 A `source` that names an existing path, or ends in a known extension, is a local file, read with
 `datasets.load_dataset("json" | "csv" | "parquet", data_files=path, split="train")`; anything else is a hub
-dataset id, read with `datasets.load_dataset(id, config, split=...)`. CSV cells are read as strings, exactly
+dataset id, read with `datasets.load_dataset(id, config, split=...)`; with HF_HUB_OFFLINE set, or when the hub
+does not answer a first probe, only the local `datasets` cache is read, so a missing dataset is a one-line
+error at once rather than ~24 s of retries. CSV cells are read as strings, exactly
 as written (no type guessing: `007` stays `007`, `NA` stays `NA`).
 
 `limit` draws a seeded sample of N rows (kept in file order) from the rows that pass the task's filter, so
@@ -12,11 +14,12 @@ errors and in ids are 0-based positions in the file (before filtering).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,15 +119,75 @@ def _load_local(path: str) -> Any:
     return _undecode_images(data)
 
 
+def hub_offline() -> bool:
+    """True when the environment asks for no hub access (HF_HUB_OFFLINE, or datasets' HF_DATASETS_OFFLINE).
+
+    Read at call time: `datasets` and `huggingface_hub` read these variables once, when first imported.
+    """
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(name, "0").strip().lower() not in ("0", "", "false", "no", "off"):
+            return True
+    return False
+
+
+_REACHABLE: dict[str, bool] = {}  # hub endpoint -> answered a probe, once per process
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub endpoint answers one HEAD request (through huggingface_hub's client, so proxies and
+    HF_ENDPOINT apply) within `timeout` seconds; the answer is kept for the rest of the process."""
+    from huggingface_hub import constants, get_session
+
+    endpoint = constants.ENDPOINT
+    if endpoint not in _REACHABLE:
+        try:
+            get_session().head(endpoint, timeout=timeout)
+            _REACHABLE[endpoint] = True
+        except Exception:  # any transport failure (DNS, refused, timeout, proxy) means "not reachable"
+            _REACHABLE[endpoint] = False
+    return _REACHABLE[endpoint]
+
+
+@contextlib.contextmanager
+def _offline_mode(on: bool) -> Iterator[None]:
+    """Make `datasets` read only its local cache while inside (its own flags were fixed at import)."""
+    if not on:
+        yield
+        return
+    import datasets
+    from huggingface_hub import constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
+
+
 def _load_hub(dataset_id: str, hub: HubSpec) -> Table:
     import datasets
+    from huggingface_hub import constants
 
+    # Unreachable, the hub client retries each request for ~24 s before failing: decide once, up front, and
+    # then read only the local cache (a dataset loaded before still works offline).
+    why = None
+    if hub_offline() or constants.HF_HUB_OFFLINE:
+        why = "HF_HUB_OFFLINE is set"
+    elif not hub_reachable():
+        why = "the hub cannot be reached"
     configs: list[str | None] = list(hub.configs)
     try:
-        if hub.all_configs:
-            configs = list(datasets.get_dataset_config_names(dataset_id))
-        parts = [datasets.load_dataset(dataset_id, config, split=hub.split) for config in configs]
+        with _offline_mode(why is not None):
+            if hub.all_configs:
+                configs = list(datasets.get_dataset_config_names(dataset_id))
+            parts = [datasets.load_dataset(dataset_id, config, split=hub.split) for config in configs]
     except Exception as exc:
+        if why is not None and isinstance(exc, OSError):  # datasets: ConnectionError "Couldn't reach ..."
+            raise UserError(
+                f"{dataset_id}: hub dataset not in the local cache and {why}: give the task a local "
+                "`source` file in the dataset's schema (small ones ship in data/fixtures/)"
+            ) from exc
         raise UserError(f"{dataset_id}: cannot load from the hub: {_one_line(exc)}") from exc
     per_row: list[str | None] = []
     for config, part in zip(configs, parts):
