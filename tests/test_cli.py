@@ -29,6 +29,7 @@ def folder(model_dir, tmp_path, monkeypatch) -> Path:
         "rollout": {"n_samples": 2, "max_new_tokens": 4},
     }
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    (tmp_path / "empty.jsonl").write_text("")  # a real task's local source with no rows
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -42,7 +43,8 @@ def _files(root: Path) -> set[Path]:
     [
         ("recipe.yaml", ["model.name=./nope"], "out.jsonl", "model path not found: ./nope"),
         ("recipe.yaml", ["model.name=/no/such/model"], "out.jsonl", "model path not found"),
-        ("recipe.yaml", ["task.size=0"], "out.jsonl", "no problems"),
+        ("recipe.yaml", ["task.size=0"], "out.jsonl", "'task.size': must be >= 1"),
+        ("recipe.yaml", ["task.name=gsm8k", "task.source=empty.jsonl"], "out.jsonl", "no problems"),
         ("recipe.yaml", ["task.size=100000"], "out.jsonl", "toy task: train has only"),
         ("recipe.yaml", ["rollout.n_sample=3"], "out.jsonl", "did you mean 'rollout.n_samples'"),
         ("recipe.yaml", ["rollout.n_samples=0"], "out.jsonl", "'rollout.n_samples': must be >= 1"),
@@ -86,8 +88,9 @@ def test_a_good_rollout_through_the_cli(folder, capsys, one_thread):
 def test_overrides_after_out_as_the_help_example_shows(folder, capsys):
     code = cli.main(["rollout", "recipe.yaml", "--out", "o.jsonl", "task.size=0"])
     captured = capsys.readouterr()
-    assert code == 2 and captured.err == "drift-lite: error: task 'toy' (default source): no problems\n"
-    assert _files(folder) == {folder / "recipe.yaml"}
+    expected = "drift-lite: error: recipe.yaml: key 'task.size': must be >= 1 (or null for all), got 0\n"
+    assert code == 2 and captured.err == expected
+    assert _files(folder) == {folder / "recipe.yaml", folder / "empty.jsonl"}
 
 
 @pytest.mark.parametrize("command", sorted(cli.EXAMPLES))

@@ -95,6 +95,8 @@ def _load_local(path: str) -> Any:
         raise UserError(f"{path}: unknown file type '{ext}' (use one of {', '.join(sorted(FORMATS))})")
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"{path}: empty file: no problems")
     kwargs: dict[str, Any] = {}
     if ext == ".csv":
         with open(path, newline="", encoding="utf-8") as fh:
