@@ -28,6 +28,13 @@ class Step:
     outputs: list[Path]
     fn: Callable[[bool], dict]  # fn(resume) -> stats ({"generated_tokens"?, ...})
     depends: tuple[str, ...] = ()  # earlier steps whose outputs this one reads
+    complete: Callable[[], bool] | None = None  # whether the outputs are whole (default: they all exist)
+
+    def is_complete(self) -> bool:
+        """Whether this step's outputs are all there and whole."""
+        if not all(p.exists() for p in self.outputs):
+            return False
+        return self.complete is None or bool(self.complete())
 
 
 def _hash(data: dict) -> str:
@@ -37,7 +44,8 @@ def _hash(data: dict) -> str:
 class RunDir:
     """Stamps, timings and the log of one run directory."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path) -> None:
+        """Open (creating `.stamps/`) the run directory `root`."""
         self.root = root
         self.stamps = root / ".stamps"
         self.stamps.mkdir(parents=True, exist_ok=True)
@@ -63,7 +71,11 @@ class RunDir:
     def record_timing(self, name: str, stats: dict) -> None:
         """Merge a step's wall time and token counts into timings.json."""
         path = self.root / "timings.json"
-        timings = json.loads(path.read_text()) if path.exists() else {}
+        try:
+            timings = json.loads(path.read_text())
+        except (OSError, ValueError):
+            timings = {}
+        timings = timings if isinstance(timings, dict) else {}
         timings[name] = stats
         _write_json(path, timings)
 
@@ -74,19 +86,29 @@ def execute(run_dir: RunDir, steps: list[Step]) -> None:
     for step in steps:
         key_hash = _hash({"key": step.key, "upstream": {d: hashes[d] for d in step.depends}})
         hashes[step.name] = key_hash
-        old = run_dir.stamp(step.name)
-        if old and old["key"] == key_hash and old["complete"] and all(p.exists() for p in step.outputs):
+        old = run_dir.stamp(step.name) or {}
+        same = old.get("key") == key_hash
+        if same and old.get("complete") and step.is_complete():
             run_dir.log(f"[{step.name}] up to date, skipped")
             continue
-        resume = bool(old) and old["key"] == key_hash
+        resume = same  # killed (or an output went missing) with these very settings: pick up where it was
         if not resume:
             for path in step.outputs:
                 _remove(path)
         run_dir.write_stamp(step.name, key_hash, complete=False)
         run_dir.log(f"[{step.name}] {'resuming' if resume else 'running'}")
         start = time.perf_counter()
-        stats = step.fn(resume) or {}
-        stats = {"seconds": round(time.perf_counter() - start, 3), **stats}
+        try:
+            stats = step.fn(resume) or {}
+        except BaseException as exc:  # a kill -9 logs nothing; anything else says why the step stopped
+            run_dir.log(f"[{step.name}] stopped: {_why(exc)}")
+            raise
+        # a resumed step's seconds cover only the part run now
+        stats = {
+            "seconds": round(time.perf_counter() - start, 3),
+            **stats,
+            **({"resumed": True} if resume else {}),
+        }
         run_dir.record_timing(step.name, stats)
         run_dir.write_stamp(step.name, key_hash, complete=True)
         run_dir.log(f"[{step.name}] done in {stats['seconds']:.1f} s")
@@ -103,10 +125,11 @@ def run(
     """The whole method in `out_dir`; returns the report's path."""
     from drift_lite import models, versions
     from drift_lite import train as train_mod
-    from drift_lite.evaluate import evaluate
+    from drift_lite.evaluate import evaluate, set_name
     from drift_lite.report import summary_lines, write_report
+    from drift_lite.rollout import is_complete as rollout_complete
     from drift_lite.rollout import rollout, rollout_settings
-    from drift_lite.weights import weight_file
+    from drift_lite.weights import diagnostics_path, weight_file
 
     root = Path(out_dir)
     _claim(root, recipe, force)
@@ -116,7 +139,8 @@ def run(
     )
     base: dict = {}
 
-    def base_model():
+    def base_model() -> tuple:
+        """The reference model and tokenizer, loaded once and shared by rollout and eval-reference."""
         if not base:
             path = models.resolve_model_path(recipe.model, recipe.toy)
             base["tokenizer"] = models.load_tokenizer(path, recipe.model)
@@ -124,6 +148,7 @@ def run(
         return base["model"], base["tokenizer"]
 
     def do_rollout(resume: bool) -> dict:
+        """Sample the trajectories (rollout() resumes a partial file by itself)."""
         model, tokenizer = base_model()
         stats = rollout(
             recipe, root / "rollouts.jsonl", model=model, tokenizer=tokenizer, show_progress=show_progress
@@ -131,6 +156,7 @@ def run(
         return {"generated_tokens": stats["generated_tokens"], "prompts": stats["prompts"]}
 
     def do_weight(resume: bool) -> dict:
+        """Returns and weights (rewritten whole: it takes a fraction of a second)."""
         w = recipe.weights
         diagnostics = weight_file(
             root / "rollouts.jsonl",
@@ -145,14 +171,25 @@ def run(
         return {"rows": diagnostics.get("rows")}
 
     def do_train(resume: bool) -> dict:
+        """Weighted SFT into adapter/ (resumes from its last complete checkpoint)."""
         base.clear()  # free the reference model while training
         stats = train_mod.train(
             recipe, root / "weighted.jsonl", root / "adapter", resume=resume, show_progress=show_progress
         )
-        return {k: stats[k] for k in ("train_tokens", "steps") if k in stats}
+        # train_tokens: non-padding tokens the optimizer saw (all epochs, across resumes); target_tokens: the
+        # supervised (unmasked) tokens of one epoch
+        return {
+            "train_tokens": stats.get("tokens_seen"),
+            "target_tokens": stats.get("target_tokens"),
+            "steps": stats.get("steps"),
+            "resumed_from": stats.get("resumed_from"),
+        }
 
     def do_eval(label: str, adapter: Path | None) -> Callable[[bool], dict]:
+        """The step function evaluating the reference (adapter None) or reference + adapter."""
+
         def fn(resume: bool) -> dict:
+            """Evaluate every eval set (from scratch: an evaluation is rewritten whole)."""
             kwargs = {}
             if adapter is None:
                 kwargs["model"], kwargs["tokenizer"] = base_model()
@@ -171,30 +208,72 @@ def run(
     model_key = {"model": {k: v for k, v in data["model"].items() if k != "device"}}
     if recipe.model.name == "toy":
         model_key["toy"] = data["toy"]
+    # Rows do not depend on the batch they shared (per-trajectory seeds), as for the rollout: batch_size is
+    # left out so that changing it reruns nothing.
     eval_key = {
         **model_key,
         "env": data["env"],
-        "eval": data["eval"],
+        "eval": {k: v for k, v in data["eval"].items() if k != "batch_size"},
         "task_seed": recipe.task.seed,
         "seed": recipe.seed,
     }
+    rollouts, weighted, adapter = root / "rollouts.jsonl", root / "weighted.jsonl", root / "adapter"
+    set_names = [set_name(s) for s in recipe.eval.sets]
+
+    def evals_complete(label: str) -> Callable[[], bool]:
+        """Whether eval-<label>/ holds eval-<set>.json and .jsonl for every set."""
+        folder = root / f"eval-{label}"
+        return lambda: all(
+            (folder / f"eval-{n}{ext}").is_file() for n in set_names for ext in (".json", ".jsonl")
+        )
+
     steps = [
-        Step("rollout", rollout_settings(recipe), [root / "rollouts.jsonl"], do_rollout),
-        Step("weight", {"weights": data["weights"]}, [root / "weighted.jsonl"], do_weight, ("rollout",)),
-        Step("train", {"train": data["train"], **model_key}, [root / "adapter"], do_train, ("weight",)),
-        Step("eval-reference", eval_key, [root / "eval-reference"], do_eval("reference", None)),
+        Step(
+            "rollout",
+            rollout_settings(recipe),
+            [rollouts],
+            do_rollout,
+            complete=lambda: bool(rollout_complete(rollouts, recipe)),
+        ),
+        Step(
+            "weight",
+            {"weights": data["weights"]},
+            [weighted],
+            do_weight,
+            ("rollout",),
+            complete=lambda: Path(diagnostics_path(weighted)).is_file(),
+        ),
+        Step(
+            "train",
+            {"train": data["train"], **model_key},
+            [adapter],
+            do_train,
+            ("weight",),
+            complete=lambda: train_mod.is_complete(adapter),
+        ),
+        Step(
+            "eval-reference",
+            eval_key,
+            [root / "eval-reference"],
+            do_eval("reference", None),
+            complete=evals_complete("reference"),
+        ),
         Step(
             "eval-trained",
             eval_key,
             [root / "eval-trained"],
-            do_eval("trained", root / "adapter"),
+            do_eval("trained", adapter),
             ("train",),
+            complete=evals_complete("trained"),
         ),
     ]
     execute(run_dir, steps)
-    report = write_report([root], root)
+    report = write_report([root], root, plots=recipe.report.plots)
     run_dir.log(f"[report] {report}")
-    for line in summary_lines(root):
+    summary = summary_lines(root)
+    with open(root / "log.txt", "a") as f:
+        f.write("".join(line + "\n" for line in summary))
+    for line in summary:
         print(line)
     return report
 
@@ -203,22 +282,33 @@ def _claim(root: Path, recipe: Recipe, force: bool) -> None:
     """Refuse a folder that holds another recipe's run (unless forced); mark it as this recipe's."""
     if root.exists() and not root.is_dir():
         raise UserError(f"{root}: exists and is not a folder")
-    if not root.parent.exists():
-        raise UserError(f"{root}: folder {root.parent} does not exist")
     marker = root / "run.json"
     if marker.exists():
-        owner = json.loads(marker.read_text()).get("recipe")
+        try:
+            owner = json.loads(marker.read_text()).get("recipe")
+        except (OSError, ValueError, AttributeError):
+            owner = "<unreadable run.json>"  # treated as someone else's
         if owner != recipe.name and not force:
             raise UserError(
                 f"{root}: holds a run of recipe '{owner}', not '{recipe.name}' (use --force to reuse it)"
             )
     elif root.exists() and any(root.iterdir()) and not force:
         raise UserError(f"{root}: not empty and not a drift-lite run (use --force to use it anyway)")
-    root.mkdir(exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)  # `runs/` is not in a fresh clone
+    except OSError as e:
+        raise UserError(f"{root}: cannot create the run folder ({e.strerror or e})") from None
     _write_json(marker, {"recipe": recipe.name})
 
 
+def _why(exc: BaseException) -> str:
+    """`Type: first line of the message` of an exception, for the log."""
+    text = str(exc).strip()
+    return type(exc).__name__ + (f": {text.splitlines()[0]}" if text else "")
+
+
 def _remove(path: Path) -> None:
+    """Delete a step's output (file or folder) and its side files (`<name>.*.json`)."""
     if path.is_dir():
         shutil.rmtree(path)
     elif path.exists():
@@ -228,6 +318,7 @@ def _remove(path: Path) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (temp file, then rename)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     tmp.replace(path)
