@@ -119,7 +119,6 @@ def run_dir(tmp_path_factory) -> dict:
     """A toy run killed during train, then resumed to the end; what each part did."""
     folder = tmp_path_factory.mktemp("e2e")
     root, cache = folder / "run", folder / "cache"
-    start = time.perf_counter()
     _kill_during_train(root, cache, folder / "killed.txt")
     killed_log = (root / "log.txt").read_text()
     assert not (root / "adapter" / "done.json").exists(), "training finished before the kill"
@@ -133,7 +132,6 @@ def run_dir(tmp_path_factory) -> dict:
         "upstream": upstream,
         "output": output,
         "log": log,
-        "seconds": time.perf_counter() - start,
     }
 
 
@@ -151,7 +149,6 @@ def test_a_run_killed_during_train_resumes_without_recomputing_earlier_steps(run
     timings = json.loads((root / "timings.json").read_text())
     assert timings["train"]["resumed"] is True and timings["train"]["train_tokens"] == summary["tokens_seen"]
     assert not (root / "adapter" / "checkpoints").exists()  # deleted once the adapter is final
-    assert run_dir["seconds"] < 150
 
 
 def test_the_run_directory_holds_every_artifact(run_dir):
@@ -202,7 +199,6 @@ def test_a_changed_setting_reruns_exactly_the_steps_that_depend_on_it(run_dir):
     kept = (*UPSTREAM[:2], "eval-reference/eval-toy.json", "eval-reference/eval-toy.jsonl")
     before = _snapshot(root, kept)
     old_weights = (root / "weighted.jsonl").stat().st_mtime_ns
-    start = time.perf_counter()
     _, log = _run(root, cache, run_dir["folder"] / "beta.txt", "weights.beta=0.2")
     ran = [s for s in STEPS if f"[{s}] running" in log]
     skipped = [s for s in STEPS if f"[{s}] up to date, skipped" in log]
@@ -215,4 +211,3 @@ def test_a_changed_setting_reruns_exactly_the_steps_that_depend_on_it(run_dir):
     assert diagnostics["settings"]["beta"] == 0.2
     assert yaml.safe_load((root / "recipe.yaml").read_text())["weights"]["beta"] == 0.2
     assert json.loads((root / "adapter" / "summary.json").read_text())["resumed_from"] is None
-    assert time.perf_counter() - start < 90
