@@ -373,25 +373,32 @@ def _step(value: float) -> object:
 
 
 def _timings_section(runs: list[tuple[str, RunSummary]]) -> list[str]:
-    lines = ["## Wall time and generated tokens", ""]
+    lines = ["## Wall time and tokens", ""]
     body = []
     for name, run in runs:
         if not run.timings:
             continue
-        total_s, total_tok = 0.0, 0
+        total_s, total_gen, total_train = 0.0, 0, 0
         for stage, entry in run.timings.items():
             entry = entry if isinstance(entry, dict) else {"seconds": entry}
-            seconds, tokens = entry.get("seconds"), entry.get("generated_tokens")
+            seconds, generated, trained = (
+                entry.get(k) for k in ("seconds", "generated_tokens", "train_tokens")
+            )
             seconds = float(seconds) if _is_number(seconds) else None
-            tokens = tokens if _is_number(tokens) else None
+            generated = generated if _is_number(generated) else None
+            trained = trained if _is_number(trained) else None
             total_s += seconds or 0.0
-            total_tok += tokens or 0
+            total_gen += generated or 0
+            total_train += trained or 0
+            tokens = generated if generated is not None else trained
             rate = tokens / seconds if tokens is not None and seconds else None
-            body.append([name, stage, seconds, tokens, rate])
-        body.append([name, "**total**", total_s, total_tok, None])
+            body.append([name, stage, seconds, generated, trained, rate])
+        body.append([name, "**total**", total_s, total_gen, total_train, None])
     if not body:
         return lines + ["No timings (`timings.json`).", ""]
-    return lines + table(["run", "stage", "seconds", "generated tokens", "tokens/s"], body) + [""]
+    header = ["run", "stage", "seconds", "generated tokens", "trained tokens", "tokens/s"]
+    note = "Trained tokens: non-padding tokens the training step ran through (prompt and target)."
+    return lines + table(header, body) + ["", note, ""]
 
 
 def _runs_section(runs: list[tuple[str, RunSummary]]) -> list[str]:

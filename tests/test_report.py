@@ -62,7 +62,10 @@ def make_run(root: Path, name: str = "demo", dirname: str | None = None) -> Path
     (run / "adapter" / "train_log.jsonl").write_text(text + '{"step": 6, "lo')  # killed mid-line
     write_eval(run, "reference", REFERENCE)
     write_eval(run, "trained", TRAINED)
-    timings = {"rollout": {"seconds": 12.5, "generated_tokens": 5000}, "train": {"seconds": 30.0}}
+    timings = {
+        "rollout": {"seconds": 12.5, "generated_tokens": 5000},
+        "train": {"seconds": 30.0, "train_tokens": 600},
+    }
     (run / "timings.json").write_text(json.dumps(timings))
     return run
 
@@ -96,9 +99,9 @@ def test_full_report(tmp_path):
     assert "| demo | 9 | 0.000 | 1.000 | 3.000 | 0.222 |" in text  # weights: rows, min, median, max, < 0.01
     assert "| demo | 5 | 2.000 | 1.100 | 1.000 | 3 |" in text  # loss: steps, first, last, min, at step
     assert "1 unreadable line(s)" in text
-    assert "| demo | rollout | 12.500 | 5000 | 400.000 |" in text
-    assert "| demo | train | 30.000 | – | – |" in text
-    assert "| demo | **total** | 42.500 | 5000 | – |" in text
+    assert "| demo | rollout | 12.500 | 5000 | – | 400.000 |" in text
+    assert "| demo | train | 30.000 | – | 600 | 20.000 |" in text
+    assert "| demo | **total** | 42.500 | 5000 | 600 | – |" in text
     assert "Every run has all expected files." in text
     plots = sorted(p.name for p in (tmp_path / "out" / "plots").iterdir())
     assert plots == ["loss.png", "multi_at_k_toy.png", "per_turn_toy.png", "weights.png"]
