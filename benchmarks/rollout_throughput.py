@@ -1,7 +1,8 @@
 """Rollout throughput, three contenders side by side in one run, same model, prompts and settings:
 
-  (a) the engine: batched multi-turn episodes with continuous refill (drift_lite.rollout.run_episodes)
-  (b) a naive loop: one trajectory at a time, one `generate` per turn
+  (a) the engine: batched multi-turn episodes with continuous refill (drift_lite.rollout.run_episodes), with
+      its prompt-prefix KV cache, and beside it the same engine with the cache off
+  (b) a naive loop: one trajectory at a time, one `generate` per turn (no prefix cache)
   (c) single-turn batched `generate` of the same number of new tokens (the ceiling batching can reach)
 
 Goals: a/b >= 8 and a/c >= 0.8.  Run:
@@ -51,39 +52,68 @@ def main() -> None:
         seed=0,
     )
 
-    def engine(problem_list: list, batch_size: int) -> tuple[int, float]:
+    def engine(problem_list: list, batch_size: int, cache: bool) -> tuple[int, dict]:
         jobs = make_jobs(problem_list, args.samples, 0, checker, env, shots)
-        start = time.perf_counter()
-        stats = run_episodes(model, tokenizer, jobs, sampling, batch_size, lambda job: None)
-        return stats["generated_tokens"], time.perf_counter() - start
+        rows = {}
+        stats = run_episodes(
+            model,
+            tokenizer,
+            jobs,
+            sampling,
+            batch_size,
+            lambda job: rows.__setitem__((job.episode.problem.id, job.traj_idx), job.episode.to_row()),
+            prefix_cache=cache,
+        )
+        return stats["generated_tokens"], {**stats, "rows": rows}
 
-    engine(problems[:2], recipe.rollout.batch_size)  # warm-up
-    tok_a, sec_a = engine(problems, recipe.rollout.batch_size)
-    # (b) one trajectory at a time is the same engine with room for one episode
-    tok_b, sec_b = engine(problems[: args.naive_prompts], 1)
-    # (c) single-turn batched generate: first-turn prompts, as many new tokens in total as (a) generated
-    jobs = make_jobs(problems, args.samples, 0, checker, env, shots)
-    prompts = [chat.render_prompt(tokenizer, j.episode.messages) for j in jobs]
+    def single_turn() -> tuple[int, None]:
+        """(c): first-turn prompts, as many new tokens per row as (a) generated on average."""
+        jobs = make_jobs(problems, args.samples, 0, checker, env, shots)
+        prompts = [chat.render_prompt(tokenizer, j.episode.messages) for j in jobs]
+        fixed = Sampling(temperature=1.0, max_new_tokens=max(1, round(tok_a / len(prompts))), seed=0)
+        tokens = 0
+        for i in range(0, len(prompts), batch):
+            keys = [j.key for j in jobs[i : i + batch]]
+            tokens += sum(generate_turn(model, tokenizer, prompts[i : i + batch], keys, fixed)[1])
+        return tokens, None
+
     batch = recipe.rollout.batch_size
-    per_row = max(1, round(tok_a / len(prompts)))
-    tok_c, start = 0, time.perf_counter()
-    fixed = Sampling(temperature=1.0, max_new_tokens=per_row, seed=0)
-    for i in range(0, len(prompts), batch):
-        chunk = prompts[i : i + batch]
-        keys = [j.key for j in jobs[i : i + batch]]
-        _, counts = generate_turn(model, tokenizer, chunk, keys, fixed)
-        tok_c += sum(counts)
-    sec_c = time.perf_counter() - start
-    a, b, c = tok_a / sec_a, tok_b / sec_b, tok_c / sec_c
+    engine(problems[:2], batch, True)  # warm-up
+    (tok_a, stats_a), *sec_a = timed(lambda: engine(problems, batch, True))
+    (tok_off, stats_off), *sec_off = timed(lambda: engine(problems, batch, False))
+    # (b) one trajectory at a time is the same engine with room for one episode and no prefix cache
+    (tok_b, _), *sec_b = timed(lambda: engine(problems[: args.naive_prompts], 1, False))
+    (tok_c, _), *sec_c = timed(single_turn)
     print(
         f"model={recipe.model.name} prompts={len(problems)} samples={args.samples} batch={batch} "
         f"max_new_tokens={recipe.rollout.max_new_tokens} threads={torch.get_num_threads()}"
     )
-    print(f"(a) engine            {tok_a:8d} tokens {sec_a:8.2f} s {a:9.1f} tokens/s")
-    print(f"(b) naive, 1 at once  {tok_b:8d} tokens {sec_b:8.2f} s {b:9.1f} tokens/s")
-    print(f"(c) single-turn batch {tok_c:8d} tokens {sec_c:8.2f} s {c:9.1f} tokens/s")
-    print(f"a/b = {a / b:.2f}  (goal >= 8)")
-    print(f"a/c = {a / c:.2f}  (goal >= 0.8)")
+    print("                         tokens   wall s  tokens/s    cpu s  tokens/cpu-s")
+    rates = {}
+    for key, name, tokens, (wall, cpu) in [
+        ("a", "(a) engine", tok_a, sec_a),
+        ("off", "    engine, cache off", tok_off, sec_off),
+        ("b", "(b) naive, 1 at once", tok_b, sec_b),
+        ("c", "(c) single-turn batch", tok_c, sec_c),
+    ]:
+        rates[key] = (tokens / wall, tokens / cpu)
+        print(f"{name:22s} {tokens:8d} {wall:8.2f} {tokens / wall:9.1f} {cpu:8.2f} {tokens / cpu:13.1f}")
+    a, off, b, c = rates["a"], rates["off"], rates["b"], rates["c"]
+    print("ratios of tokens/s (wall clock; CPU time in brackets: the machine may be shared)")
+    print(f"a/b = {a[0] / b[0]:.2f} [{a[1] / b[1]:.2f}]  (goal >= 8)")
+    print(f"a/c = {a[0] / c[0]:.2f} [{a[1] / c[1]:.2f}]  (goal >= 0.8)")
+    print(
+        f"prefix cache on/off = {a[0] / off[0]:.2f} [{a[1] / off[1]:.2f}]  "
+        f"({stats_a['cached_prompt_tokens']} prompt tokens read from the cache; "
+        f"same rows: {stats_a['rows'] == stats_off['rows']})"
+    )
+
+
+def timed(fn):
+    """fn(), its wall-clock seconds and this process's CPU seconds."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
 if __name__ == "__main__":

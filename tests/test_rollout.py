@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import make_tiny_lm
+from transformers import DynamicCache
 
 from drift_lite import chat, records
 from drift_lite.env import EpisodeSettings
@@ -20,6 +22,7 @@ from drift_lite.errors import UserError
 from drift_lite.recipe import load_recipe
 from drift_lite.rollout import (
     PerRowGumbelSampler,
+    PrefixCache,
     Sampling,
     fingerprint_path,
     generate_turn,
@@ -28,6 +31,7 @@ from drift_lite.rollout import (
     make_jobs,
     rollout,
     run_episodes,
+    supports_prefix_cache,
 )
 from drift_lite.tasks import load_problems, toy
 from drift_lite.tasks.base import ExactChecker, Problem
@@ -120,6 +124,80 @@ def test_rows_agree_with_their_messages(tiny_lm):
         answered = [m for m in assistant if chat.parse_turn(m["content"].removeprefix("<think>")).answer]
         assert len(row["answer_norms"]) == len(answered)
         assert abs(row["format_penalty"] + 0.1 * (turns - len(answered))) < 1e-9
+
+
+# Prefix cache. Reused KV were computed with other padding and chunk boundaries than a full recompute, so
+# logits agree to float rounding, not bitwise (max |diff| ~1e-8 on these tiny models, ~1e-6 on the toy
+# reference: the size left padding alone already causes). A token could flip only where two (Gumbel-perturbed)
+# logits tie to that precision; on these models none does, so rows are compared exactly, and KV to tolerance.
+
+
+def test_prefix_cache_changes_no_row():
+    """Greedy and sampled rows with the cache on and off: both toy families, worked examples, first turns
+    beside later ones (a refilled batch), four turns deep, two layers."""
+    model, tokenizer = make_tiny_lm(seed=1, layers=2)
+    problems = load_problems("toy", "train", None, 6, 0)
+    assert {p.meta["toy_family"] for p in problems} == {"add", "choice"}
+    shots = load_shots(load_recipe(None, ["env.shots=1"]))
+    for sampling in (Sampling(greedy=True, max_new_tokens=12), Sampling(max_new_tokens=12)):
+        rows, cached = {}, {}
+        for on in (True, False):
+            jobs = make_jobs(problems, 2, 7, ExactChecker(), EpisodeSettings(max_turns=4), shots)
+            done = rows[on] = {}
+            stats = run_episodes(
+                model,
+                tokenizer,
+                jobs,
+                sampling,
+                5,
+                lambda j, done=done: done.__setitem__((j.episode.problem.id, j.traj_idx), j.episode.to_row()),
+                prefix_cache=on,
+            )
+            cached[on] = stats["cached_prompt_tokens"]
+        assert rows[True] == rows[False]
+        assert max(len(r["reward_details"]) for r in rows[True].values()) == 4
+        assert cached[False] == 0 and cached[True] > 12 * 4 * 300  # most of every prompt came from the cache
+
+
+def test_cached_prompt_kv_equals_a_full_recompute():
+    """Row KV built on cached prefixes (a family head, the row's last prompt) with padding in the middle equal
+    a plain forward of the same tokens, at every position and layer."""
+    model, tokenizer = make_tiny_lm(seed=1, layers=2)
+    problems = load_problems("toy", "train", None, 6, 0)
+    jobs = make_jobs(problems, 1, 7, ExactChecker(), EpisodeSettings(max_turns=4))
+    cache, sampling = PrefixCache(), Sampling(max_new_tokens=8)
+
+    def turn(batch: list) -> list[int]:
+        prompts = [chat.render_prompt(tokenizer, j.episode.messages) for j in batch]
+        heads = [p[: p.rfind(j.episode.problem.question)] for p, j in zip(prompts, batch)]
+        keys = [j.key + j.episode.turn for j in batch]
+        texts, _ = generate_turn(
+            model, tokenizer, prompts, keys, sampling, cache, [id(j) for j in batch], heads
+        )
+        for job, text in zip(batch, texts):
+            job.episode.step(text)
+        return [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+
+    first = turn(jobs[:4])
+    before = cache.reused_tokens
+    turn(jobs[:2] + jobs[4:])  # two second turns beside two first turns
+    assert cache.reused_tokens - before >= sum(first[:2])  # the second turns reused their whole first prompt
+    assert len(cache.heads) == 2 and len(cache.last) == 6
+    for prefix in cache.last.values():
+        full = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(input_ids=torch.tensor([prefix.ids]), cache=full)
+        kv = torch.stack([torch.stack((layer.keys[0], layer.values[0])) for layer in full.layers])
+        assert prefix.kv.shape == kv.shape
+        torch.testing.assert_close(prefix.kv, kv, atol=1e-5, rtol=0)
+
+
+def test_prefix_cache_only_for_full_attention_caches():
+    model, _ = make_tiny_lm()
+    assert supports_prefix_cache(model)
+    model.config.use_sliding_window, model.config.sliding_window, model.config.max_window_layers = True, 8, 0
+    model.config.layer_types = ["sliding_attention"]
+    assert not supports_prefix_cache(model)  # it keeps only a window: the prompt's KV is not all there
 
 
 def test_each_problem_gets_worked_examples_of_its_own_family():
