@@ -17,11 +17,19 @@ import argparse
 import time
 
 import torch
+from transformers import GenerationConfig
 
 from drift_lite import chat
 from drift_lite.models import load_model, load_tokenizer, resolve_model_path
 from drift_lite.recipe import load_recipe
-from drift_lite.rollout import Sampling, episode_settings, generate_turn, load_shots, make_jobs, run_episodes
+from drift_lite.rollout import (
+    PerRowGumbelSampler,
+    Sampling,
+    episode_settings,
+    load_shots,
+    make_jobs,
+    run_episodes,
+)
 from drift_lite.tasks import checker_for, load_problems
 
 
@@ -67,14 +75,29 @@ def main() -> None:
         return stats["generated_tokens"], {**stats, "rows": rows}
 
     def single_turn() -> tuple[int, None]:
-        """(c): first-turn prompts, as many new tokens per row as (a) generated on average."""
+        """(c): first-turn prompts, as many new tokens per row as (a) generated on average (no early stop)."""
         jobs = make_jobs(problems, args.samples, 0, checker, env, shots)
         prompts = [chat.render_prompt(tokenizer, j.episode.messages) for j in jobs]
-        fixed = Sampling(temperature=1.0, max_new_tokens=max(1, round(tok_a / len(prompts))), seed=0)
+        per_row = max(1, round(tok_a / len(prompts)))
+        config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=per_row,
+            min_new_tokens=per_row,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         tokens = 0
         for i in range(0, len(prompts), batch):
-            keys = [j.key for j in jobs[i : i + batch]]
-            tokens += sum(generate_turn(model, tokenizer, prompts[i : i + batch], keys, fixed)[1])
+            inputs = tokenizer(
+                prompts[i : i + batch],
+                return_tensors="pt",
+                padding=True,
+                padding_side="left",
+                add_special_tokens=False,
+            ).to(model.device)
+            sampler = PerRowGumbelSampler([j.key for j in jobs[i : i + batch]], 1.0, 1.0, model.device)
+            with torch.inference_mode():
+                out = model.generate(**inputs, generation_config=config, logits_processor=[sampler])
+            tokens += out[:, inputs["input_ids"].shape[1] :].numel()
         return tokens, None
 
     batch = recipe.rollout.batch_size
