@@ -83,7 +83,15 @@ def evaluate(
             bar.update(1)
 
         start = time.perf_counter()
-        stats = run_episodes(model, tokenizer, jobs, sampling, cfg.batch_size, on_done)
+        stats = run_episodes(
+            model,
+            tokenizer,
+            jobs,
+            sampling,
+            cfg.batch_size,
+            on_done,
+            prefix_cache=recipe.rollout.prefix_cache,
+        )
         bar.close()
         write_rows_atomic(out_dir / f"eval-{name}.jsonl", rows)
         metrics = compute_metrics(rows, recipe.env.max_turns)

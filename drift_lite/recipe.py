@@ -85,6 +85,10 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     batch_size: int = 64
+    # Reuse the KV of prompt prefixes already computed (the family's instruction head, each episode's previous
+    # prompt) instead of prefilling them again; same tokens either way. Also used by evaluation. Costs about
+    # twice the KV memory of the active rows: turn off on a GPU that is short of memory.
+    prefix_cache: bool = True
 
 
 @dataclass

@@ -436,7 +436,16 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
         )
 
     try:
-        stats = run_episodes(model, tokenizer, jobs, sampling, recipe.rollout.batch_size, on_done, on_turn)
+        stats = run_episodes(
+            model,
+            tokenizer,
+            jobs,
+            sampling,
+            recipe.rollout.batch_size,
+            on_done,
+            on_turn,
+            prefix_cache=recipe.rollout.prefix_cache,
+        )
     finally:
         writer.close()
         bar.close()
@@ -454,14 +463,16 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
 
 
 def rollout_settings(recipe) -> dict:
-    """Everything a rollout file depends on (compared on resume); not the device or the batch size."""
+    """Everything a rollout file depends on (compared on resume); not the device, batch size or KV reuse."""
     data = recipe.to_dict()
     picked = {k: data[k] for k in ("model", "task", "env", "rollout", "seed")}
     if recipe.model.name == "toy":
         picked["toy"] = data["toy"]
     picked["model"] = {k: v for k, v in picked["model"].items() if k != "device"}
     # Rows do not depend on their batch (per-trajectory seeds), so a run may resume with another batch size.
-    picked["rollout"] = {k: v for k, v in picked["rollout"].items() if k != "batch_size"}
+    picked["rollout"] = {
+        k: v for k, v in picked["rollout"].items() if k not in ("batch_size", "prefix_cache")
+    }
     return json.loads(json.dumps(picked))
 
 

@@ -316,6 +316,21 @@ def test_same_seed_and_settings_give_the_same_bytes(recipe_path, reference, tmp_
     assert (tmp_path / "seed4.jsonl").read_bytes() != reference
 
 
+def test_the_recipe_switch_for_kv_reuse_changes_no_byte(recipe_path, reference, tmp_path, monkeypatch):
+    import drift_lite.rollout as rollout_module
+
+    seen = []
+    real = rollout_module.run_episodes
+    monkeypatch.setattr(
+        rollout_module,
+        "run_episodes",
+        lambda *a, **k: seen.append(k["prefix_cache"]) or real(*a, **k),
+    )
+    out = tmp_path / "nocache.jsonl"
+    _run(recipe_path, out, "rollout.prefix_cache=false")
+    assert seen == [False] and out.read_bytes() == reference
+
+
 def _lines_end(data: bytes, k: int) -> int:
     """Byte offset just past the k-th line."""
     end = 0
