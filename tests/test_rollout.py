@@ -30,6 +30,7 @@ from drift_lite.rollout import (
     load_shots,
     make_jobs,
     rollout,
+    rollout_settings,
     run_episodes,
     supports_prefix_cache,
 )
@@ -396,3 +397,15 @@ def test_killed_rollout_resumes_to_the_same_bytes(recipe_path, reference, tmp_pa
     # logits move with its padding and cached prefixes at float-rounding level (measured max |diff| ~1e-7 on
     # this tiny model, ~1e-5 on the toy reference, fp32 CPU), so bytes match while no sampled token sits on a
     # tie at that precision: here none does; on a GPU or in bf16 (larger rounding) a near-tie could flip.
+
+
+def test_rollout_settings_follow_the_toy_build_and_the_repeat_penalty(monkeypatch):
+    from drift_lite import toy_model
+
+    recipe = load_recipe(None)
+    base = rollout_settings(recipe)
+    assert base == rollout_settings(load_recipe(None, ["rollout.batch_size=3", "model.device=cpu"]))
+    assert base != rollout_settings(load_recipe(None, ["weights.repeat_coef=0.3"]))  # in reward_details
+    assert base != rollout_settings(load_recipe(None, ["toy.steps=7"]))
+    monkeypatch.setattr(toy_model, "CORPUS_VERSION", "another-corpus")  # a rebuilt reference, same settings
+    assert base != rollout_settings(recipe)
