@@ -26,6 +26,16 @@ def make_tiny_lm(seed: int = 0, hidden: int = 32, layers: int = 1):
     return Qwen2ForCausalLM(config).eval(), tokenizer
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One torch thread for the whole suite: the tests run tiny models, which are fastest on one thread, and
+    two OpenMP threads on a 2-core box shared with other jobs wait on each other (measured: 10-50x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm():
     """A shared tiny random model + tokenizer (do not train it in place)."""

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from drift_lite import cli
@@ -68,16 +67,7 @@ def test_bad_rollout_input_is_one_line_and_writes_nothing(folder, capsys, recipe
     assert _files(folder) == before
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: on 2 busy shared cores, 2 threads ran this tiny model many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_a_good_rollout_through_the_cli(folder, capsys, one_thread):
+def test_a_good_rollout_through_the_cli(folder, capsys):
     out = folder / "good" / "rollouts.jsonl"
     out.parent.mkdir()
     assert cli.main(["rollout", "recipe.yaml", "--out", str(out)]) == 0

@@ -37,16 +37,6 @@ from drift_lite.rollout import (
 from drift_lite.tasks import load_problems, toy
 from drift_lite.tasks.base import ExactChecker, Problem
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on 2 cores shared with other jobs, 2 threads ran these tiny models ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 PROBLEMS = [Problem(f"p{i}", f"{i}+{i}", str(2 * i)) for i in range(5)]
 
 
