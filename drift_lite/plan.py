@@ -37,11 +37,11 @@ the stated throughput assumptions below; they are rough (a factor of ~2 either w
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from drift_lite.errors import UserError
+from drift_lite.tasks.loading import hub_offline
 
 GIB = 1024**3
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # 4.127 bits per quantized weight (QLoRA double quantization)
@@ -330,11 +330,6 @@ def training_hours(arch: Arch, recipe, rows: int, row_tokens: tuple[float, float
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
 
 
-def offline() -> bool:
-    """True when HF_HUB_OFFLINE asks for no hub access."""
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("0", "", "false", "no")
-
-
 def _hub_default(task: str) -> str | None:
     from drift_lite.tasks import choice
     from drift_lite.tasks import math as math_tasks
@@ -366,7 +361,7 @@ def resolve_problems(task: str, split: str, source: str | None, size: int | None
 
     # the hub dataset a run would read: None for local files, toy tasks and tasks without a hub default
     hub = _hub_default(task) if source is None else None if is_local(source) else source
-    if task != "toy" and hub is not None and offline():
+    if task != "toy" and hub is not None and hub_offline():
         fixture = _fixture(task)
         if fixture is None:
             raise UserError(f"task '{task}': offline (HF_HUB_OFFLINE) and no fixture in {FIXTURES}")
