@@ -489,18 +489,25 @@ def episode_settings(recipe) -> EpisodeSettings:
 
 
 def load_shots(recipe) -> Callable[[Problem], Shots]:
-    """Worked examples shown as earlier turns (`env.shots`), per problem: the problem's own family."""
+    """Worked examples shown as earlier turns (`env.shots`), per problem: its own task and family."""
     n = recipe.env.shots
     if n <= 0:
         return lambda problem: []
-    if recipe.task.name != "toy":
-        raise UserError(f"env.shots: worked examples exist only for the toy tasks, not '{recipe.task.name}'")
-    from drift_lite.tasks import toy
+    from drift_lite.tasks import SYNTHETIC, arith, toy
+
+    if recipe.task.name not in SYNTHETIC:
+        raise UserError(
+            f"env.shots: worked examples exist only for the toy and arith tasks, not '{recipe.task.name}'"
+        )
 
     def shots_for(problem: Problem) -> Shots:
-        if "toy_family" not in problem.meta:
-            raise UserError(f"env.shots: worked examples exist only for the toy tasks, not '{problem.id}'")
-        return toy.worked_examples(problem.meta["toy_family"], n, avoid=problem)
+        if "toy_family" in problem.meta:
+            return toy.worked_examples(problem.meta["toy_family"], n, avoid=problem)
+        if problem.meta.get("task") == "arith":
+            return arith.worked_examples(n, avoid=problem)
+        raise UserError(
+            f"env.shots: worked examples exist only for the toy and arith tasks, not '{problem.id}'"
+        )
 
     return shots_for
 

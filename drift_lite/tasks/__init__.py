@@ -1,6 +1,7 @@
 """The task registry: problem sources by name, their default checkers and feedback.
 
-`toy` is the embedded default (synthetic, no download); the others load real datasets from a hub id or a local
+`toy` is the embedded default and `arith` plain additions for real small chat models (both synthetic, no
+download, with worked examples for `env.shots`); the others load real datasets from a hub id or a local
 json/jsonl/csv/parquet file in the dataset's own schema.
 """
 
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from drift_lite.errors import UserError
 from drift_lite.tasks.base import Checker, ExactChecker, Problem
 
+SYNTHETIC = ("toy", "arith")  # generated here: train/eval splits, exact checker, worked examples
 _FAMILY_MODULES = ["drift_lite.tasks.math", "drift_lite.tasks.choice", "drift_lite.tasks.tools"]
 
 
@@ -31,15 +33,14 @@ def _registry() -> tuple[dict, dict]:
 
 def task_names() -> list[str]:
     """Every task a recipe can name."""
-    return ["toy", *sorted(_registry()[0])]
+    return [*SYNTHETIC, *sorted(_registry()[0])]
 
 
 def load_problems(task: str, split: str, source: str | None, size: int | None, seed: int) -> list[Problem]:
     """The problems of `task` (`split` is "train" or "eval"; real datasets have one split per name)."""
-    if task == "toy":
-        from drift_lite.tasks import toy
-
-        problems = toy.load(split, size, seed)
+    if task in SYNTHETIC:
+        module = importlib.import_module(f"drift_lite.tasks.{task}")
+        problems = module.load(split, size, seed)
     else:
         loaders, _ = _registry()
         if task not in loaders:
@@ -51,9 +52,9 @@ def load_problems(task: str, split: str, source: str | None, size: int | None, s
 
 
 def checker_for(task: str, name: str | None) -> Checker:
-    """The checker named in the recipe, else the task's default (`exact` for the toy tasks)."""
+    """The checker named in the recipe, else the task's default (`exact` for the synthetic tasks)."""
     if name is None:
-        name = "exact" if task == "toy" else _registry()[1].get(task, "exact")
+        name = "exact" if task in SYNTHETIC else _registry()[1].get(task, "exact")
     if name == "exact":
         return ExactChecker()
     from drift_lite.checkers import get_checker
