@@ -356,12 +356,12 @@ class Resolved:
 
 def resolve_problems(task: str, split: str, source: str | None, size: int | None, seed: int) -> Resolved:
     """Load a task's problems; offline, a hub dataset is replaced by the shipped fixture (and says so)."""
-    from drift_lite.tasks import load_problems
+    from drift_lite.tasks import SYNTHETIC, load_problems
     from drift_lite.tasks.loading import is_local
 
     # the hub dataset a run would read: None for local files, toy tasks and tasks without a hub default
     hub = _hub_default(task) if source is None else None if is_local(source) else source
-    if task != "toy" and hub is not None and hub_offline():
+    if task not in SYNTHETIC and hub is not None and hub_offline():
         fixture = _fixture(task)
         if fixture is None:
             raise UserError(f"task '{task}': offline (HF_HUB_OFFLINE) and no fixture in {FIXTURES}")
@@ -370,7 +370,7 @@ def resolve_problems(task: str, split: str, source: str | None, size: int | None
         note = f"hub {hub}; offline, so its fixture {fixture.relative_to(FIXTURES.parent.parent)} stood in"
         return Resolved(planned, n, f"{note} ({n} problems parsed)")
     problems = load_problems(task, split, source, size, seed)
-    where = source or ("generated" if task == "toy" else f"hub {hub}")
+    where = source or ("generated" if task in SYNTHETIC else f"hub {hub}")
     return Resolved(len(problems), len(problems), where)
 
 
@@ -411,10 +411,10 @@ def uses_gpu(model) -> bool:
 
 
 def _validate(recipe) -> None:
+    from drift_lite.rollout import load_shots
     from drift_lite.tasks import checker_for
 
-    if recipe.env.shots > 0 and recipe.task.name != "toy":  # as rollout.load_shots rules
-        raise UserError(f"env.shots: worked examples exist only for the toy tasks, not '{recipe.task.name}'")
+    load_shots(recipe)  # env.shots: worked examples exist for the task (the rollout's own rule)
     if not recipe.eval.sets:
         raise UserError("eval.sets: empty (name at least one evaluation set)")
     checker_for(recipe.task.name, recipe.task.checker)
