@@ -21,7 +21,7 @@ from functools import cache
 from itertools import zip_longest
 
 from drift_lite.errors import UserError
-from drift_lite.tasks.base import ExactChecker, Problem
+from drift_lite.tasks.base import ExactChecker, Problem, exact_counts
 from drift_lite.tasks.toy import split_of
 
 CLASSES = ("1+1", "1+2", "2+2")
@@ -58,15 +58,6 @@ def _pool(split: str, cls: str) -> tuple[tuple[int, int], ...]:
     )
 
 
-def _class_counts(size: int) -> dict[str, int]:
-    """Exact per-class counts for `size` problems (largest remainder, ties in class order)."""
-    quota = {cls: size * MIX[cls] for cls in CLASSES}
-    counts = {cls: int(q) for cls, q in quota.items()}
-    for cls in sorted(CLASSES, key=lambda c: -(quota[c] - counts[c]))[: size - sum(counts.values())]:
-        counts[cls] += 1
-    return counts
-
-
 def load(split: str, size: int | None, seed: int) -> list[Problem]:
     """`size` problems of the default mix from `split` ("train" | "eval"), deterministic in `seed`."""
     if split not in DEFAULT_SIZES:
@@ -75,7 +66,7 @@ def load(split: str, size: int | None, seed: int) -> list[Problem]:
     if size < 0:
         raise UserError(f"arith task: size must be >= 0, got {size}")
     problems = []
-    for cls, count in _class_counts(size).items():
+    for cls, count in exact_counts(size, {cls: MIX[cls] for cls in CLASSES}).items():
         pool = list(_pool(split, cls))
         if count > len(pool):
             raise UserError(f"arith task: {split} has only {len(pool)} {cls} problems, {count} asked")

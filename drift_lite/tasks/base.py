@@ -46,3 +46,12 @@ class ExactChecker:
 
     def is_correct(self, answer: str, gold: str) -> bool:
         return exact_normalize(answer) == exact_normalize(gold)
+
+
+def exact_counts(size: int, shares: dict) -> dict:
+    """Whole counts summing to `size` in proportion to `shares` (largest remainder; ties in key order)."""
+    quota = {key: size * share for key, share in shares.items()}
+    counts = {key: int(q) for key, q in quota.items()}
+    for key in sorted(quota, key=lambda k: -(quota[k] - counts[k]))[: size - sum(counts.values())]:
+        counts[key] += 1
+    return counts

@@ -26,7 +26,7 @@ import random
 from functools import cache
 
 from drift_lite.errors import UserError
-from drift_lite.tasks.base import ExactChecker, Problem
+from drift_lite.tasks.base import ExactChecker, Problem, exact_counts
 
 FAMILIES = ("add", "choice")
 CLASSES = ("easy", "carry", "stubborn")
@@ -140,17 +140,6 @@ def _pool(split: str, family: str, cls: str) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
-def _cell_counts(size: int) -> dict[tuple[str, str], int]:
-    """Exact per-(family, class) counts for `size` problems (largest remainder, ties in a fixed order)."""
-    cells = [(f, c) for f in FAMILIES for c in CLASSES]
-    quota = {cell: size * FAMILY_MIX[cell[0]] * CLASS_MIX[cell[1]] for cell in cells}
-    counts = {cell: int(q) for cell, q in quota.items()}
-    rest = size - sum(counts.values())
-    for cell in sorted(cells, key=lambda cell: -(quota[cell] - counts[cell]))[:rest]:
-        counts[cell] += 1
-    return counts
-
-
 def load(split: str, size: int | None, seed: int) -> list[Problem]:
     """`size` problems of the default mix from `split` ("train" | "eval"), deterministic in `seed`."""
     if split not in DEFAULT_SIZES:
@@ -159,7 +148,8 @@ def load(split: str, size: int | None, seed: int) -> list[Problem]:
     if size < 0:
         raise UserError(f"toy task: size must be >= 0, got {size}")
     problems = []
-    for (family, cls), count in _cell_counts(size).items():
+    shares = {(f, c): FAMILY_MIX[f] * CLASS_MIX[c] for f in FAMILIES for c in CLASSES}
+    for (family, cls), count in exact_counts(size, shares).items():
         pool = list(_pool(split, family, cls))
         if count > len(pool):
             raise UserError(f"toy task: {split} has only {len(pool)} {family}/{cls} problems, {count} asked")
