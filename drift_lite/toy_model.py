@@ -6,11 +6,13 @@ re-formatted assistant turns the kit's rollouts produce; the loss is on assistan
 
 The solver's errors are systematic by problem class, so greedy decoding (the mode) shows them too; each
 decision sits on one token:
-- the carry token after the tens digits ("+" carries, "=" drops the carry and repeats the old slip);
-- the format token after `</think>` (`<answer>` or a bare answer with no tags, which parses as no answer).
+- the carry token after the tens digits ("+1" carries, "+0" drops the carry and repeats the old slip);
+- the format token after `</think>` (`<answer>`, or `answer: 85` with no tags, which parses as no answer).
 Greedy paths: easy problems are right at turn 1; carry problems slip at turn 1 and are right at turn 2;
-stubborn problems slip, give a bare answer, then repeat the slip to the end. Under sampling the right path
-keeps real mass at turn 1 (0.3 carry, 0.15 stubborn), which fine-tuning can raise.
+stubborn problems slip without tags at turn 1 (or at the first retry), then repeat the slip to the end. Under
+sampling the right path keeps real mass at turn 1 (0.25 carry, 0.12 stubborn), which fine-tuning can raise.
+The prompt's fixed text is one token per phrase (`drift_lite.toy_tokenizer`): a turn's context is ~40-150
+tokens, so the feedback and an earlier untagged answer are easy for the 2-layer model to attend to.
 """
 
 from __future__ import annotations
@@ -30,16 +32,18 @@ import torch
 from tokenizers import AddedToken
 from tqdm.auto import tqdm
 
-from drift_lite import chat
 from drift_lite.env import Episode, EpisodeSettings
 from drift_lite.recipe import ToyConfig
 from drift_lite.tasks import toy
 from drift_lite.tasks.base import Problem
-from drift_lite.toy_tokenizer import SPECIAL_TOKENS, TAG_TOKENS, UNK, build_toy_tokenizer
+from drift_lite.toy_tokenizer import PHRASE_TOKENS, SPECIAL_TOKENS, TAG_TOKENS, UNK, build_toy_tokenizer
 
-CORPUS_VERSION = "toy-corpus-1"  # bump when the solver, the corpus or the training loop changes
+CORPUS_VERSION = "toy-corpus-3"  # bump when the solver, corpus, tokenizer or training loop changes
 MAX_NEW_TOKENS = 40  # per turn; the longest scripted turn is ~25 tokens
 BUILD_INFO = "toy_build.json"
+# Letters that occur in no other assistant text (the prompt's words are phrase tokens), so a later turn
+# sees at a glance that an earlier one dropped the tags.
+BARE_PREFIX = "answer: "
 
 
 @dataclass(frozen=True)
@@ -58,9 +62,9 @@ POLICY: dict[tuple[str, str], TurnPolicy] = {
     ("easy", "retry"): TurnPolicy(1.0, 0.10, 0.10),  # unreachable: easy turns never slip
     ("easy", "after_bare"): TurnPolicy(1.0, 0.10, 0.10),
     ("carry", "first"): TurnPolicy(0.25, 0.05, 0.05),
-    ("carry", "retry"): TurnPolicy(0.85, 0.10, 0.05),
+    ("carry", "retry"): TurnPolicy(0.85, 0.75, 0.05),  # a slip at a retry drops the tags, whatever the class
     ("carry", "after_bare"): TurnPolicy(0.85, 0.10, 0.10),
-    ("stubborn", "first"): TurnPolicy(0.12, 0.05, 0.05),
+    ("stubborn", "first"): TurnPolicy(0.12, 0.65, 0.05),
     ("stubborn", "retry"): TurnPolicy(0.15, 0.75, 0.10),
     ("stubborn", "after_bare"): TurnPolicy(0.15, 0.20, 0.20),
 }
@@ -82,8 +86,8 @@ def solver_turn(problem: Problem, context: str, rng: random.Random) -> tuple[str
     bare = rng.random() < (policy.p_bare_slip if slipped else policy.p_bare_right)
     think = toy.thinking(problem, carry)
     answer = toy.answer_for(problem, carry)
-    if bare:
-        return "bare", f"{think}</think>{answer}"
+    if bare:  # no tags, as chat models do when they drift off format: parses as no answer
+        return "bare", f"{think}</think>{BARE_PREFIX}{answer}"
     return ("slip" if slipped else "right"), f"{think}</think><answer>{answer}</answer>"
 
 
@@ -114,25 +118,17 @@ def corpus_problem(rng: random.Random) -> Problem:
     return toy.make_problem(family, a, b)
 
 
-def corpus(seed: int, n: int, short: bool = False, per_problem: int = 1) -> list[list[dict]]:
+def corpus(seed: int, n: int, per_problem: int = 1) -> list[list[dict]]:
     """`n` scripted conversations (message lists as Episode writes them), deterministic in `seed`.
 
     Each problem gets `per_problem` conversations in a row (they share the prompt, which training runs once).
-    `short` puts the question and a random head of the format rule in the first user message: the cheaper
-    warm-up phase, where the model learns to copy, add and retry before it meets the full instruction.
     """
-    rng = random.Random(f"toy-corpus-{seed}-{'short' if short else 'full'}")
+    rng = random.Random(f"toy-corpus-{seed}")
     conversations: list[list[dict]] = []
     while len(conversations) < n:
         problem = corpus_problem(rng)
-        # A random head of the format rule after the question: the distance to the answer varies, so the
-        # model learns to find the question by content, as it must across the full prompt.
-        rule = chat.FORMAT_RULE[: rng.randint(0, len(chat.FORMAT_RULE))]
         for _ in range(min(per_problem, n - len(conversations))):
-            messages = scripted_episode(problem, rng)[0].messages
-            if short:
-                messages[1] = {"role": "user", "content": f"{problem.question}\n\n{rule}"}
-            conversations.append(messages)
+            conversations.append(scripted_episode(problem, rng)[0].messages)
     return conversations
 
 
@@ -251,7 +247,7 @@ def folder_tokenizer():
         bos_token=None,
     )
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS], True)
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS + PHRASE_TOKENS])
     tokenizer.chat_template = base.chat_template
     return tokenizer
 
@@ -311,17 +307,12 @@ def build_toy_model(cfg: ToyConfig, out_dir: Path) -> dict:
     torch.set_num_threads(cfg.threads)
     try:
         tokenizer = folder_tokenizer()
-        rng = random.Random(f"toy-batches-{cfg.seed}")
-        examples: list = []
-        batches: list[list[int]] = []
-        for short, steps in ((True, cfg.warmup_steps), (False, cfg.steps)):
-            conversations = corpus(cfg.seed, steps * cfg.batch_size, short, cfg.per_problem)
-            # Sort keys: the task instruction, then the whole first user message (rows sharing it batch well).
-            keys = [(c[1]["content"].split("\n", 1)[0] * (not short), c[1]["content"]) for c in conversations]
-            offset = len(examples)
-            examples += encode(tokenizer, conversations)
-            phase = _batches(examples[offset:], keys, cfg.batch_size, rng)[:steps]
-            batches += [[offset + i for i in batch] for batch in phase]
+        conversations = corpus(cfg.seed, cfg.steps * cfg.batch_size, cfg.per_problem)
+        # Sort keys: the task instruction, then the whole first user message (rows sharing it batch well).
+        keys = [(c[1]["content"].split("\n", 1)[0], c[1]["content"]) for c in conversations]
+        examples = encode(tokenizer, conversations)
+        batches = _batches(examples, keys, cfg.batch_size, random.Random(f"toy-batches-{cfg.seed}"))
+        batches = batches[: cfg.steps]
         data_seconds = time.perf_counter() - started
 
         torch.manual_seed(cfg.seed)

@@ -26,7 +26,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "toy" / "drift.yaml"
 SMALL = [
-    "toy.warmup_steps=10",
     "toy.steps=10",
     "toy.hidden_size=32",
     "toy.threads=1",

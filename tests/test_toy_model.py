@@ -1,0 +1,144 @@
+"""The embedded reference: tokenizer round trips, the scripted corpus, the exact batched loss, tiny builds."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from drift_lite import chat, toy_model
+from drift_lite.env import Episode, EpisodeSettings
+from drift_lite.recipe import ModelConfig, ToyConfig
+from drift_lite.tasks import toy
+from drift_lite.toy_tokenizer import PHRASE_TOKENS, build_toy_tokenizer
+
+TINY = ToyConfig(hidden_size=32, intermediate_size=64, layers=1, steps=4, batch_size=4, threads=1)
+
+
+@pytest.fixture(scope="module")
+def conversations():
+    return toy_model.corpus(seed=0, n=40, per_problem=2)
+
+
+def test_folder_tokenizer_matches_the_plain_one_and_round_trips(conversations, tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = toy_model.folder_tokenizer()
+    folder.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    loaded = AutoTokenizer.from_pretrained(tmp_path)  # what load_tokenizer sees: a Qwen2Tokenizer
+    plain = build_toy_tokenizer()
+    assert len(plain) == len(folder) == len(loaded)
+    for messages in conversations:
+        text = plain.apply_chat_template(messages, tokenize=False)
+        ids = plain(text, add_special_tokens=False)["input_ids"]
+        assert folder(text, add_special_tokens=False)["input_ids"] == ids
+        assert loaded(text, add_special_tokens=False)["input_ids"] == ids
+        assert loaded.decode(ids) == text
+
+
+def test_fixed_prompt_text_is_one_token_per_phrase_and_problems_one_per_character():
+    tokenizer = build_toy_tokenizer()
+    for phrase in PHRASE_TOKENS:
+        assert len(tokenizer(phrase, add_special_tokens=False)["input_ids"]) == 1, phrase
+    problem = toy.make_problem("add", 47, 38)
+    messages = chat.initial_messages(problem)
+    text = chat.render_prompt(tokenizer, messages)
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert tokens[tokens.index("What is ") + 1 :][:6] == ["4", "7", "+", "3", "8", "?"]
+    assert len(tokens) < 30  # ~290 characters
+    # text outside the phrases still tokenizes, one token per character
+    assert len(tokenizer("Problem: x", add_special_tokens=False)["input_ids"]) == len("Problem: x")
+
+
+@pytest.mark.parametrize("cls", toy.CLASSES)
+def test_scripted_turns_are_what_the_solver_meant(cls):
+    """Right turns score 1, slips are wrong answers, bare turns parse as no answer (a format error)."""
+    rng = random.Random(0)
+    seen = set()
+    for a, b in toy._pool("train", "add", cls)[:60]:
+        problem = toy.make_problem("add", a, b)
+        episode, kinds = toy_model.scripted_episode(problem, rng)
+        assert len(kinds) == episode.turn
+        for turn, kind in enumerate(kinds, 1):
+            seen.add(kind)
+            assert (kind == "right") == bool(episode.verifier[f"t{turn}"])
+            assert (kind == "bare") == (episode.details[f"t{turn}"]["actions"] == [])
+    assert "right" in seen and (cls == "easy" or "slip" in seen)
+
+
+def test_greedy_paths_of_the_policy_are_systematic():
+    """The mode of each decision: easy right at once, carry right at the retry; stubborn slips, drops the
+    tags (at turn 1, else at the retry), then repeats its slip: what greedy decoding of a fit reference shows.
+    """
+    policy = toy_model.POLICY.items()
+    mode = {k: (p.p_carry > 0.5, p.p_bare_slip > 0.5, p.p_bare_right > 0.5) for k, p in policy}
+    assert mode[("easy", "first")][0]
+    assert not mode[("carry", "first")][0] and mode[("carry", "retry")][0]
+    assert not mode[("stubborn", "first")][0] and not mode[("stubborn", "retry")][0]
+    assert mode[("stubborn", "first")][1] and not mode[("carry", "first")][1]
+    assert mode[("stubborn", "retry")][1] and not mode[("stubborn", "after_bare")][1]
+    assert not any(m[2] for m in mode.values())
+
+
+def test_encode_masks_exactly_the_generated_tokens(conversations):
+    tokenizer = toy_model.folder_tokenizer()
+    (ids, mask), *_ = toy_model.encode(tokenizer, conversations[:1])
+    targets = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+    assistant = [m["content"] for m in conversations[0] if m["role"] == "assistant"]
+    # each turn after its <think> prefill, with the end-of-turn token
+    assert targets == "".join(c.removeprefix(chat.THINK_PREFILL) + "<|im_end|>" for c in assistant)
+
+
+def test_batch_loss_with_shared_prompts_equals_the_plain_loss(conversations):
+    tokenizer = toy_model.folder_tokenizer()
+    examples = toy_model.encode(tokenizer, conversations[:8])
+    torch.manual_seed(0)
+    model = toy_model_model(tokenizer)
+    idx = list(range(8))
+    shared = toy_model.batch_loss(model, examples, idx, tokenizer.pad_token_id)
+    total, count = 0.0, 0
+    for ids, mask in examples:
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+        labels = torch.tensor([t if m else -100 for t, m in zip(ids, mask)])[1:]
+        total += torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+        count += int((labels != -100).sum())
+    assert torch.allclose(shared, total / count, rtol=1e-5, atol=1e-6)
+
+
+def toy_model_model(tokenizer):
+    from transformers import Qwen2ForCausalLM
+
+    return Qwen2ForCausalLM(toy_model.model_config(TINY, tokenizer)).eval()
+
+
+def test_tiny_builds_are_deterministic_and_load_like_any_model(tmp_path):
+    from drift_lite.models import load_model, load_tokenizer
+
+    first = toy_model.build_toy_model(TINY, tmp_path / "a")
+    second = toy_model.build_toy_model(TINY, tmp_path / "b")
+    assert first["final_loss"] == second["final_loss"]
+    assert first["conversations"] == TINY.steps * TINY.batch_size
+    weights = sorted(p.name for p in (tmp_path / "a").iterdir() if p.suffix == ".safetensors")
+    assert weights
+    for name in weights:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    model = load_model(str(tmp_path / "a"), ModelConfig(name=str(tmp_path / "a")))
+    tokenizer = load_tokenizer(str(tmp_path / "a"), ModelConfig(name=str(tmp_path / "a")))
+    problem = toy.make_problem("add", 47, 38)
+    prompt = chat.render_prompt(tokenizer, chat.initial_messages(problem))
+    out = model.generate(**tokenizer(prompt, return_tensors="pt", add_special_tokens=False), do_sample=False)
+    assert out.shape[1] > 0
+    episode = Episode(problem, toy.checker(), EpisodeSettings())
+    episode.step(tokenizer.decode(out[0, -5:], skip_special_tokens=False))  # any text is a valid turn
+    assert episode.turn == 1
+
+
+def test_cache_key_follows_settings_and_corpus_version(monkeypatch, tmp_path):
+    assert toy_model.cache_key(TINY) == toy_model.cache_key(ToyConfig(**vars(TINY)))
+    assert toy_model.cache_key(TINY) != toy_model.cache_key(ToyConfig(**{**vars(TINY), "seed": 1}))
+    before = toy_model.cache_key(TINY)
+    monkeypatch.setattr(toy_model, "CORPUS_VERSION", "another")
+    assert toy_model.cache_key(TINY) != before
