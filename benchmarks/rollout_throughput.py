@@ -42,7 +42,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="override model.name (e.g. smollm2-135m)")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--naive-prompts", type=int, default=4, help="prompts for the slow naive loop")
+    parser.add_argument(
+        "--naive-prompts", type=int, default=None, help="prompts for the slow naive loop (default: all)"
+    )
     args = parser.parse_args()
     overrides = [f"model.name={args.model}", "env.shots=1"] if args.model else []
     recipe = load_recipe(args.recipe, overrides)
@@ -105,7 +107,7 @@ def main() -> None:
     (tok_a, stats_a), *sec_a = timed(lambda: engine(problems, batch, True))
     (tok_off, stats_off), *sec_off = timed(lambda: engine(problems, batch, False))
     # (b) one trajectory at a time is the same engine with room for one episode and no prefix cache
-    (tok_b, _), *sec_b = timed(lambda: engine(problems[: args.naive_prompts], 1, False))
+    (tok_b, _), *sec_b = timed(lambda: engine(problems[: args.naive_prompts or len(problems)], 1, False))
     (tok_c, _), *sec_c = timed(single_turn)
     print(
         f"model={recipe.model.name} prompts={len(problems)} samples={args.samples} batch={batch} "

@@ -39,7 +39,7 @@ from drift_lite.tasks.base import Problem
 from drift_lite.toy_tokenizer import PHRASE_TOKENS, SPECIAL_TOKENS, TAG_TOKENS, UNK, build_toy_tokenizer
 
 CORPUS_VERSION = "toy-corpus-3"  # bump when the solver, corpus, tokenizer or training loop changes
-MAX_NEW_TOKENS = 40  # per turn; the longest scripted turn is ~25 tokens
+MAX_NEW_TOKENS = 40  # per turn; the longest scripted turn is 35 tokens (an untagged choice answer)
 BUILD_INFO = "toy_build.json"
 # Letters that occur in no other assistant text (the prompt's words are phrase tokens), so a later turn
 # sees at a glance that an earlier one dropped the tags.
