@@ -11,7 +11,7 @@ decision sits on one token:
 Greedy paths: easy problems are right at turn 1; carry problems slip at turn 1 and are right at turn 2;
 stubborn problems slip without tags at turn 1 (or at the first retry), then repeat the slip to the end. Under
 sampling the right path keeps real mass at turn 1 (0.25 carry, 0.12 stubborn), which fine-tuning can raise.
-The prompt's fixed text is one token per phrase (`drift_lite.toy_tokenizer`): a turn's context is ~40-150
+The prompt's fixed text is one token per phrase (`drift_lite.toy_tokenizer`): a turn's context is ~20-250
 tokens, so the feedback and an earlier untagged answer are easy for the 2-layer model to attend to.
 """
 
