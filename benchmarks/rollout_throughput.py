@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument(
         "--naive-prompts", type=int, default=None, help="prompts for the slow naive loop (default: all)"
     )
+    parser.add_argument(
+        "--prefill-every", type=int, default=None, help="(a2)'s prefill_every (default: batch size // 8)"
+    )
     args = parser.parse_args()
     overrides = [f"model.name={args.model}", "env.shots=1"] if args.model else []
     recipe = load_recipe(args.recipe, overrides)
@@ -73,7 +76,9 @@ def main() -> None:
             rows[(job.episode.problem.id, job.traj_idx)] = job.episode.to_row()
 
         if streaming:
-            stats = run_episodes_streaming(model, tokenizer, jobs, sampling, batch_size, on_done)
+            stats = run_episodes_streaming(
+                model, tokenizer, jobs, sampling, batch_size, on_done, prefill_every=args.prefill_every
+            )
         else:
             stats = run_episodes(model, tokenizer, jobs, sampling, batch_size, on_done, prefix_cache=cache)
         return stats["generated_tokens"], {**stats, "rows": rows}

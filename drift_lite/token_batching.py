@@ -4,9 +4,13 @@
 its longest row ends, and every call pays a fresh start. `generate` cannot take a new row mid-call, so this
 module hand-writes the decode loop over a fixed number of slots sharing one KV cache:
 
-- every step, each slot gets one token: slots that decode feed their last token (one forward over all slots);
+- every step, slots that decode feed their last token (one forward over all slots) and get one token each;
   slots that start a turn feed their prompt's new tokens in a second forward over those slots only (their
   rows of the cache gathered), so a long prefill does not pad every decoding row to its length;
+- that prefill is deferred: a slot starting a turn waits, idle (no token picked, no random draw), until
+  `prefill_every` slots wait (default an eighth of the slots), no slot decodes, or the queue is empty; then
+  one prefill serves them all. Each forward of a small model is mostly fixed cost, so one prefill every few
+  steps beats one at nearly every step. Idle rows ride along in the decode forward as a pad (dead column);
 - when a slot's turn ends (eos or `max_new_tokens`), its episode is stepped at once; a finished episode's slot
   takes the next queued job in the same step, otherwise the slot goes on with its next prompt;
 - a slot's cache row already holds its previous prompt and generated tokens (all but the last, never fed):
@@ -93,6 +97,7 @@ def run_episodes_streaming(
     on_done: Callable[[Job], None],
     on_turn: Callable[[int, int], None] | None = None,
     slack: int = 32,
+    prefill_every: int | None = None,
 ) -> dict:
     """Play episodes to the end in `batch_size` slots, refilled token by token; same rows as `run_episodes`.
 
@@ -100,8 +105,12 @@ def run_episodes_streaming(
     in which turns ended, with the number of those turns and their generated tokens (the sums over all calls
     are the returned `turns` and `generated_tokens`). Returns `generated_tokens`, `turns` and
     `cached_prompt_tokens` (prompt tokens a slot's cache row already held, so not prefilled). `slack`: free
-    columns per row after a compaction (more: fewer compactions, wider attention).
+    columns per row after a compaction (more: fewer compactions, wider attention). `prefill_every`: slots
+    starting a turn wait until this many do (or no slot decodes, or the queue is empty), then share one
+    prefill; None: `max(1, batch_size // 8)`; 1: prefill at every step any slot starts a turn. Rows do not
+    depend on it.
     """
+    every = max(1, batch_size // 8) if prefill_every is None else prefill_every
     model.eval()
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
@@ -115,12 +124,14 @@ def run_episodes_streaming(
     tokens = turns = 0
     with torch.inference_mode():
         while any(slot is not None for slot in slots):
-            slots, cache = _make_room(slots, cache, slack)
-            logits = _forward(model, cache, slots, pad)
-            active = [i for i, slot in enumerate(slots) if slot is not None]
-            picked = _pick(logits[active], [slots[i] for i in active], sampler).tolist()
+            waiting = sum(slot is not None and len(slot.pending) > 1 for slot in slots)
+            decoding = sum(slot is not None and len(slot.pending) == 1 for slot in slots)
+            prefill = waiting > 0 and (waiting >= every or not decoding or not queue)
+            slots, cache = _make_room(slots, cache, slack, prefill)
+            fed, logits = _forward(model, cache, slots, pad, prefill)
+            picked = _pick(logits[fed], [slots[i] for i in fed], sampler).tolist()
             ended, ended_tokens = 0, 0
-            for i, token in zip(active, picked):
+            for i, token in zip(fed, picked):
                 slot = slots[i]
                 slot.generated.append(token)
                 if token not in eos and len(slot.generated) < sampling.max_new_tokens:
@@ -155,10 +166,14 @@ def _start_turn(slot: Slot, row: int, cache: SlotCache, tokenizer) -> int:
     return n
 
 
-def _make_room(slots: list[Slot | None], cache: SlotCache, slack: int) -> tuple[list[Slot | None], SlotCache]:
-    """Compact the cache when the next step would overflow it or a quarter of the slots are empty."""
+def _make_room(
+    slots: list[Slot | None], cache: SlotCache, slack: int, prefill: bool
+) -> tuple[list[Slot | None], SlotCache]:
+    """Compact the cache when the next step (with its prefill or not) would overflow it or a quarter of the
+    slots are empty."""
     pending = [len(s.pending) for s in slots if s is not None]
-    needed = (1 if 1 in pending else 0) + max((n for n in pending if n > 1), default=0)
+    longest = max((n for n in pending if n > 1), default=0) if prefill else 0
+    needed = (1 if 1 in pending else 0) + longest
     empty = sum(slot is None for slot in slots)
     if cache.width + needed <= cache.capacity and 4 * empty < len(slots):
         return slots, cache
@@ -185,28 +200,32 @@ def _compact(cache: SlotCache, keep: list[int], free: int) -> SlotCache:
     return SlotCache(buffers[:half], buffers[half:], new_live, width)
 
 
-def _forward(model, cache: SlotCache, slots: list[Slot | None], pad: int) -> torch.Tensor:
-    """Feed every slot's pending tokens; returns the logits after each slot's last token [slots, vocab]."""
+def _forward(
+    model, cache: SlotCache, slots: list[Slot | None], pad: int, prefill: bool
+) -> tuple[list[int], torch.Tensor]:
+    """Feed the decoding slots' tokens and, if `prefill`, the waiting slots' prompts; returns the rows fed
+    and the logits after each row's last token [slots, vocab] (rows not fed: arbitrary)."""
     decode = [i for i, s in enumerate(slots) if s is not None and len(s.pending) == 1]
-    prefill = [i for i, s in enumerate(slots) if s is not None and len(s.pending) > 1]
+    starting = [i for i, s in enumerate(slots) if s is not None and len(s.pending) > 1] if prefill else []
     logits = None
     if decode:
         logits = _decode(model, cache, slots, decode, pad)
-    if prefill:
-        rows = torch.tensor(prefill, device=model.device)
-        out = _prefill(model, cache, [slots[i] for i in prefill], rows, pad)
+    if starting:
+        rows = torch.tensor(starting, device=model.device)
+        out = _prefill(model, cache, [slots[i] for i in starting], rows, pad)
         if logits is None:
             logits = out.new_zeros(len(slots), out.shape[-1])
         logits[rows] = out
-    for slot in slots:
-        if slot is not None:
-            slot.fed += slot.pending
-            slot.pending = []
-    return logits
+    fed = sorted(decode + starting)
+    for i in fed:
+        slots[i].fed += slots[i].pending
+        slots[i].pending = []
+    return fed, logits
 
 
 def _decode(model, cache: SlotCache, slots: list[Slot | None], decode: list[int], pad: int) -> torch.Tensor:
-    """One token for every row (a pad, its column left dead, for rows not in `decode`); returns logits."""
+    """One token for every row (a pad, its column left dead, for rows not in `decode`: empty or waiting to
+    prefill); returns logits."""
     device, width = model.device, cache.width
     ids = torch.full((len(slots), 1), pad, dtype=torch.long)
     ids[decode, 0] = torch.tensor([slots[i].pending[0] for i in decode])

@@ -113,3 +113,26 @@ def test_on_turn_adds_up_to_the_totals(setup):
     _, stats = _play(setup, run_episodes_streaming, SAMPLINGS[1], 3, on_turn=lambda t, k: seen.append((t, k)))
     assert sum(t for t, _ in seen) == stats["turns"]
     assert sum(k for _, k in seen) == stats["generated_tokens"]
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS, ids=["greedy", "sampled"])
+def test_deferred_prefill_changes_no_row(setup, monkeypatch, sampling):
+    """Slots starting a turn wait, idle, until 1, 2 or all 5 of them do: the same rows and counts as the turn
+    engine, and fewer prefill forwards the longer they wait when turns end at varied steps (sampled; greedy,
+    this model's slots start their turns in step, so the counts tie)."""
+    biased = (*_eos_biased_lm(), *setup[2:])
+    reference, ref_stats = _play(biased, run_episodes, sampling, 5, n=4)
+    calls = []
+    real = token_batching._prefill
+    monkeypatch.setattr(token_batching, "_prefill", lambda *a: calls.append(1) or real(*a))
+    prefills = {}
+    for every in (1, 2, 5):
+        calls.clear()
+        rows, stats = _play(biased, run_episodes_streaming, sampling, 5, n=4, prefill_every=every)
+        assert rows == reference, every
+        assert stats["generated_tokens"] == ref_stats["generated_tokens"]
+        assert stats["turns"] == ref_stats["turns"]
+        prefills[every] = len(calls)
+    assert prefills[1] >= prefills[2] >= prefills[5]
+    if not sampling.greedy:
+        assert prefills[1] > 1.3 * prefills[2] > 1.3 * 1.3 * prefills[5]
