@@ -9,7 +9,8 @@
 
 Goals: a/b >= 8 and a/c >= 0.8 (and the same for a2).  Run:
 
-    .venv/bin/python benchmarks/rollout_throughput.py                 # toy reference
+    .venv/bin/python benchmarks/rollout_throughput.py                 # toy reference, 32 prompts x 8
+    .venv/bin/python benchmarks/rollout_throughput.py --prompts 256 --naive-prompts 32   # the recipe's scale
     .venv/bin/python benchmarks/rollout_throughput.py --model smollm2-135m --prompts 4 --samples 4
 """
 
