@@ -21,8 +21,8 @@ module hand-writes the decode loop over a fixed number of slots sharing one KV c
   per-step concatenation), with a live mask [slots, capacity]; each forward gets an explicit 4D boolean mask
   and per-row positions (the count of live tokens before each one), so dead columns and padding change
   nothing but float rounding. When a step would overflow the buffer, or a quarter of the slots are empty
-  (the queue ran out), each kept row's live columns are gathered, left padded, into a buffer with `slack`
-  free columns.
+  (the queue ran out), each kept row's live columns are gathered, left padded, into a buffer with room for
+  the next step plus `slack` free columns.
 
 Per turn, tokens are chosen exactly as `run_episodes` chooses them: argmax, or `PerRowGumbelSampler`'s warped
 logits plus Gumbel noise from a generator seeded with the (trajectory, turn) key, one draw per token. So rows

@@ -273,8 +273,17 @@ def model_config(cfg: ToyConfig, tokenizer):
 
 
 def cache_key(cfg: ToyConfig) -> str:
-    """The cache folder's key: the build settings and the corpus/solver version."""
-    payload = json.dumps({"toy": dataclasses.asdict(cfg), "version": CORPUS_VERSION}, sort_keys=True)
+    """The cache folder's key: the build settings, the corpus/solver version, and what the corpus and the
+    tokenizer are made of (phrases, policy, mixes), so an edit there cannot reuse a stale build."""
+    corpus = {
+        "phrases": PHRASE_TOKENS,
+        "policy": {"/".join(k): dataclasses.astuple(p) for k, p in POLICY.items()},
+        "bare": BARE_PREFIX,
+        "mix": [CORPUS_CLASS_MIX, CORPUS_FAMILY_MIX],
+    }
+    payload = json.dumps(
+        {"toy": dataclasses.asdict(cfg), "version": CORPUS_VERSION, "corpus": corpus}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

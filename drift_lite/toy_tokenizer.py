@@ -1,10 +1,10 @@
 """The embedded default's tokenizer: one token per character, except the fixed prompt text.
 
 ChatML turns, the four tags as single tokens, and each fixed phrase of the kit's prompts (system prompt,
-task instructions, format rule, feedback, role headers) as one token: a toy first-turn prompt shrinks from
-290-330 characters to 22-47 tokens, which makes the reference's build, the rollouts and training several
-times cheaper while the problems and the model's own text (digits, letters, the scratchpad) stay one token
-per character.
+task instructions, format rule, feedback, role headers, the questions' fixed words) as one token: a toy
+first-turn prompt of 360-427 characters is 22-46 tokens (260-327 with only the tags and ChatML markers as
+single tokens), which makes the reference's build, the rollouts and training several times cheaper while the
+problems' numbers and letters and the model's own text (the scratchpad) stay one token per character.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models
 from transformers import PreTrainedTokenizerFast
 
 from drift_lite import chat
+from drift_lite.tasks import toy
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
@@ -29,9 +30,9 @@ PHRASE_TOKENS = [
     "\n\nProblem:\n",
     "\n\n" + chat.FORMAT_RULE,
     chat.FEEDBACK,
-    "What is ",
-    "Options: ",
-    ". Which option is ",
+    toy.ADD_ASK,
+    toy.CHOICE_HEAD,
+    toy.CHOICE_ASK,
 ]
 ALPHABET = string.printable[:95] + "\n"  # printable ASCII (with space) and newline; other chars map to unk
 UNK = "\u2047"  # stands for any character outside the alphabet
@@ -46,8 +47,9 @@ CHAT_TEMPLATE = (
 def build_toy_tokenizer() -> PreTrainedTokenizerFast:
     """A deterministic character-level tokenizer with a ChatML chat template (no training data needed).
 
-    Written here rather than trained: a BPE model with no merges over a fixed alphabet is exactly a
-    character tokenizer, and fixing the alphabet makes the vocabulary identical on every machine.
+    Written here rather than trained: a BPE model with no merges over a fixed alphabet is a character
+    tokenizer, the tags and phrases are added tokens on top, and fixing both makes the vocabulary identical
+    on every machine.
     """
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + [UNK] + list(ALPHABET))}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))

@@ -75,9 +75,9 @@ def main() -> None:
     seeds = " / ".join(str(s) for s in args.seeds)
     lines = [
         f"| model | multi@1, seed {seeds} | multi@1 mean ± sd (range) "
-        f"| multi@5, seed {seeds} | multi@5 mean ± sd |",
+        f"| multi@5, seed {seeds} | multi@5 mean ± sd (range) |",
         "| --- | ---: | ---: | ---: | ---: |",
-        f"| reference (greedy, any seed) | {reference['multi@1']:.3f} | | {reference['multi@5']:.3f} | |",
+        f"| reference (greedy) | {reference['multi@1']:.3f} | | {reference['multi@5']:.3f} | |",
     ]
     for name, runs in results.items():
         one = [r["multi@1"] for r in runs]

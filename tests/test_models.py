@@ -24,7 +24,7 @@ from drift_lite.toy_tokenizer import build_toy_tokenizer
 
 
 def make_tiny_model(path: Path, seed: int = 0, hidden: int = 64, layers: int = 1) -> Path:
-    """Save a tiny random Qwen2 causal LM with the toy character tokenizer into `path`."""
+    """Save a tiny random Qwen2 causal LM with the toy tokenizer into `path`."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = build_toy_tokenizer()

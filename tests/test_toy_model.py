@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from drift_lite import chat, toy_model
-from drift_lite.env import Episode, EpisodeSettings
 from drift_lite.recipe import ModelConfig, ToyConfig
 from drift_lite.tasks import toy
 from drift_lite.toy_tokenizer import PHRASE_TOKENS, build_toy_tokenizer
@@ -48,7 +47,7 @@ def test_fixed_prompt_text_is_one_token_per_phrase_and_problems_one_per_characte
     text = chat.render_prompt(tokenizer, messages)
     tokens = tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
     assert tokens[tokens.index("What is ") + 1 :][:6] == ["4", "7", "+", "3", "8", "?"]
-    assert len(tokens) < 30  # ~290 characters
+    assert len(tokens) == 22  # 360 characters
     # text outside the phrases still tokenizes, one token per character
     assert len(tokenizer("Problem: x", add_special_tokens=False)["input_ids"]) == len("Problem: x")
 
@@ -70,8 +69,9 @@ def test_scripted_turns_are_what_the_solver_meant(cls):
 
 
 def test_greedy_paths_of_the_policy_are_systematic():
-    """The mode of each decision: easy right at once, carry right at the retry; stubborn slips, drops the
-    tags (at turn 1, else at the retry), then repeats its slip: what greedy decoding of a fit reference shows.
+    """The scripted policy (not a trained model), the mode of each decision: easy right at once, carry right
+    at the retry; stubborn slips, drops the tags (at turn 1, else at the retry), then repeats its slip: what
+    greedy decoding of a well-fit reference shows.
     """
     policy = toy_model.POLICY.items()
     mode = {k: (p.p_carry > 0.5, p.p_bare_slip > 0.5, p.p_bare_right > 0.5) for k, p in policy}
@@ -129,11 +129,22 @@ def test_tiny_builds_are_deterministic_and_load_like_any_model(tmp_path):
     tokenizer = load_tokenizer(str(tmp_path / "a"), ModelConfig(name=str(tmp_path / "a")))
     problem = toy.make_problem("add", 47, 38)
     prompt = chat.render_prompt(tokenizer, chat.initial_messages(problem))
-    out = model.generate(**tokenizer(prompt, return_tensors="pt", add_special_tokens=False), do_sample=False)
-    assert out.shape[1] > 0
-    episode = Episode(problem, toy.checker(), EpisodeSettings())
-    episode.step(tokenizer.decode(out[0, -5:], skip_special_tokens=False))  # any text is a valid turn
-    assert episode.turn == 1
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    assert inputs["input_ids"].shape[1] == 22  # the folder's tokenizer has the phrase tokens
+    assert model.generation_config.max_new_tokens == toy_model.MAX_NEW_TOKENS  # saved with the model
+    new = model.generate(**inputs, do_sample=False)[0, inputs["input_ids"].shape[1] :].tolist()
+    assert 0 < len(new) <= toy_model.MAX_NEW_TOKENS
+    assert tokenizer(tokenizer.decode(new), add_special_tokens=False)["input_ids"] == new
+
+
+def test_every_phrase_token_occurs_in_the_corpus():
+    """Each phrase the tokenizer adds is used by the scripted conversations of both families (else it is
+    dead vocabulary, or a wording changed in one place only)."""
+    tokenizer = build_toy_tokenizer()
+    texts = tokenizer.apply_chat_template(toy_model.corpus(seed=0, n=200, per_problem=1), tokenize=False)
+    seen = {t for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for t in ids}
+    for phrase in PHRASE_TOKENS:
+        assert tokenizer.convert_tokens_to_ids(phrase) in seen, phrase
 
 
 def test_cache_key_follows_settings_and_corpus_version(monkeypatch, tmp_path):
@@ -142,3 +153,6 @@ def test_cache_key_follows_settings_and_corpus_version(monkeypatch, tmp_path):
     before = toy_model.cache_key(TINY)
     monkeypatch.setattr(toy_model, "CORPUS_VERSION", "another")
     assert toy_model.cache_key(TINY) != before
+    after = toy_model.cache_key(TINY)
+    monkeypatch.setattr(toy_model, "BARE_PREFIX", "so: ")  # an edit to the corpus without a version bump
+    assert toy_model.cache_key(TINY) != after

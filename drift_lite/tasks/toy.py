@@ -36,6 +36,10 @@ DEFAULT_SIZES = {"train": 1024, "eval": 256}  # what `size=None` gives (the task
 EVAL_BUCKETS = 5  # one unordered pair in five is held out for eval
 LETTERS = "ABCD"
 OPERANDS = range(10, 100)
+# The fixed words of the questions (the toy tokenizer makes each one token).
+ADD_ASK = "What is "
+CHOICE_HEAD = "Options: "
+CHOICE_ASK = ". Which option is "
 
 
 def problem_class(a: int, b: int) -> str:
@@ -90,14 +94,15 @@ def make_problem(family: str, a: int, b: int) -> Problem:
     meta = {"a": a, "b": b, "class": problem_class(a, b), "toy_family": family}
     pid = f"toy-{family}-{_index(a, b):06d}"
     if family == "add":
-        return Problem(pid, f"What is {a}+{b}?", str(a + b), family="math", meta=meta)
+        return Problem(pid, f"{ADD_ASK}{a}+{b}?", str(a + b), family="math", meta=meta)
     if family == "choice":
         values = _options(a, b)
         listed = " ".join(f"{letter}. {v}" for letter, v in zip(LETTERS, values))
         gold = LETTERS[values.index(a + b)]
         meta = {**meta, "letters": "A-D", "options": values}
         # Options first: the sum ends the question in both families, so the model reads it the same way.
-        return Problem(pid, f"Options: {listed}. Which option is {a}+{b}?", gold, family="choice", meta=meta)
+        question = f"{CHOICE_HEAD}{listed}{CHOICE_ASK}{a}+{b}?"
+        return Problem(pid, question, gold, family="choice", meta=meta)
     raise ValueError(f"unknown toy family {family!r}")
 
 
