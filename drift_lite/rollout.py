@@ -5,6 +5,7 @@ Run it from the CLI: `drift-lite rollout recipes/toy/drift.yaml --out runs/x/rol
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -49,6 +50,11 @@ def trajectory_key(seed: int, prompt_id: str, traj_idx: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def row_generator(key: int) -> torch.Generator:
+    """One row's random stream: a CPU generator seeded with `key`."""
+    return torch.Generator(device="cpu").manual_seed(key)
+
+
 class PerRowGumbelSampler(LogitsProcessor):
     """Exact sampling per row with its own generator: argmax(warped logits + Gumbel noise).
 
@@ -58,11 +64,7 @@ class PerRowGumbelSampler(LogitsProcessor):
     """
 
     def __init__(self, keys: list[int], temperature: float, top_p: float, device: torch.device):
-        self.generators = []
-        for key in keys:
-            g = torch.Generator(device="cpu")
-            g.manual_seed(key)
-            self.generators.append(g)
+        self.generators = [row_generator(key) for key in keys]
         self.warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
         if top_p < 1.0:
             self.warpers.append(TopPLogitsWarper(top_p))
@@ -112,7 +114,7 @@ class PrefixCache:
         """The longest reusable prefix of `ids` (all but one token at most): the row's last prompt or head."""
         best_n, best = 0, None
         for prefix in (self.last.get(row), self._head(model, tokenizer, head)):
-            n = min(_common_prefix(prefix.ids, ids), len(ids) - 1) if prefix is not None else 0
+            n = min(common_prefix(prefix.ids, ids), len(ids) - 1) if prefix is not None else 0
             if n > best_n:
                 best_n, best = n, prefix
         self.reused_tokens += best_n
@@ -154,7 +156,7 @@ def generate_turn(
     positions follow the attention mask (HF counts them from its cumsum), and each row's prompt KV is kept
     for its next turn.
     """
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     if cache is None:
         batch = tokenizer(
@@ -223,7 +225,7 @@ def _stack(cache: DynamicCache, width: int) -> torch.Tensor:
     )
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
     """Length of the longest common prefix of two token lists."""
     if b[: len(a)] == a:
         return len(a)
@@ -231,7 +233,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return next((i for i in range(n) if a[i] != b[i]), n)
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_ids(model, tokenizer) -> list[int]:
+    """The token ids that end a turn: the tokenizer's eos and the model's generation-config eos ids."""
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     extra = getattr(model.generation_config, "eos_token_id", None)
     for i in [extra] if isinstance(extra, int) else extra or []:
@@ -249,6 +252,11 @@ class Job:
     episode: Episode
     key: int
     traj_idx: int
+
+
+def turn_key(job: Job) -> int:
+    """The key of the random stream of a job's next turn: its trajectory key and the turn number."""
+    return (job.key + 1_000_003 * job.episode.turn) % (1 << 63)
 
 
 def run_episodes(
@@ -277,7 +285,7 @@ def run_episodes(
         while queue and len(active) < batch_size:
             active.append(queue.popleft())
         prompts = [chat.render_prompt(tokenizer, job.episode.messages) for job in active]
-        keys = [(job.key + 1_000_003 * job.episode.turn) % (1 << 63) for job in active]
+        keys = [turn_key(job) for job in active]
         rows = [id(job) for job in active]
         heads = [_head(p, job) for p, job in zip(prompts, active)]
         texts, counts = generate_turn(model, tokenizer, prompts, keys, sampling, cache, rows, heads)
@@ -467,10 +475,9 @@ def rollout_settings(recipe) -> dict:
     from drift_lite.models import model_identity
 
     data = recipe.to_dict()
-    picked = {k: data[k] for k in ("task", "env", "rollout", "seed")}
+    picked = {k: data[k] for k in ("task", "rollout", "seed")}
     picked["model"] = model_identity(recipe.model, recipe.toy)
-    # The environment writes the repetition penalty into each row's reward_details.
-    picked["env"] = {**picked["env"], "repeat_coef": recipe.weights.repeat_coef}
+    picked["env"] = env_identity(recipe)
     # Rows do not depend on their batch (per-trajectory seeds), so a run may resume with another batch size.
     picked["rollout"] = {
         k: v for k, v in picked["rollout"].items() if k not in ("batch_size", "prefix_cache")
@@ -486,6 +493,12 @@ def episode_settings(recipe) -> EpisodeSettings:
         repeat_coef=recipe.weights.repeat_coef,
         mode=recipe.env.mode,
     )
+
+
+def env_identity(recipe) -> dict:
+    """The environment settings rows depend on: `env`, and the repetition penalty the environment writes into
+    each row's reward_details (a `weights` setting)."""
+    return {**dataclasses.asdict(recipe.env), "repeat_coef": recipe.weights.repeat_coef}
 
 
 def load_shots(recipe) -> Callable[[Problem], Shots]:

@@ -127,8 +127,8 @@ def run(
     from drift_lite import train as train_mod
     from drift_lite.evaluate import evaluate, set_name
     from drift_lite.report import summary_lines, write_report
+    from drift_lite.rollout import env_identity, rollout, rollout_settings
     from drift_lite.rollout import is_complete as rollout_complete
-    from drift_lite.rollout import rollout, rollout_settings
     from drift_lite.weights import diagnostics_path, weight_file
 
     root = Path(out_dir)
@@ -210,7 +210,7 @@ def run(
     # left out so that changing it reruns nothing.
     eval_key = {
         **model_key,
-        "env": {**data["env"], "repeat_coef": recipe.weights.repeat_coef},  # written into reward_details
+        "env": env_identity(recipe),
         "eval": {k: v for k, v in data["eval"].items() if k != "batch_size"},
         "task_seed": recipe.task.seed,
         "seed": recipe.seed,

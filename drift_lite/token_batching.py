@@ -40,7 +40,15 @@ from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
 from drift_lite import chat
-from drift_lite.rollout import Job, PerRowGumbelSampler, Sampling, _common_prefix, _eos_ids
+from drift_lite.rollout import (
+    Job,
+    PerRowGumbelSampler,
+    Sampling,
+    common_prefix,
+    eos_ids,
+    row_generator,
+    turn_key,
+)
 
 
 @dataclass
@@ -112,7 +120,7 @@ def run_episodes_streaming(
     """
     every = max(1, batch_size // 8) if prefill_every is None else prefill_every
     model.eval()
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     sampler = None
     if not sampling.greedy:
@@ -156,13 +164,12 @@ def _start_turn(slot: Slot, row: int, cache: SlotCache, tokenizer) -> int:
     """Set up a slot's next turn: reuse its row's common prefix, mask the rest dead; returns tokens reused."""
     prompt = chat.render_prompt(tokenizer, slot.job.episode.messages)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    n = min(_common_prefix(slot.fed, ids), len(ids) - 1)
+    n = min(common_prefix(slot.fed, ids), len(ids) - 1)
     if n < len(slot.fed):
         live_cols = cache.live[row].nonzero().squeeze(1)
         cache.live[row, live_cols[n:]] = False
     slot.fed, slot.pending, slot.generated = slot.fed[:n], ids[n:], []
-    slot.generator = torch.Generator(device="cpu")
-    slot.generator.manual_seed((slot.job.key + 1_000_003 * slot.job.episode.turn) % (1 << 63))
+    slot.generator = row_generator(turn_key(slot.job))
     return n
 
 

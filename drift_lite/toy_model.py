@@ -36,7 +36,13 @@ from drift_lite.env import Episode, EpisodeSettings
 from drift_lite.recipe import ToyConfig
 from drift_lite.tasks import toy
 from drift_lite.tasks.base import Problem
-from drift_lite.toy_tokenizer import PHRASE_TOKENS, SPECIAL_TOKENS, TAG_TOKENS, UNK, build_toy_tokenizer
+from drift_lite.toy_tokenizer import (
+    ADDED_TOKENS,
+    PHRASE_TOKENS,
+    SPECIAL_TOKENS,
+    UNK,
+    build_toy_tokenizer,
+)
 
 CORPUS_VERSION = "toy-corpus-3"  # bump when the solver, corpus, tokenizer or training loop changes
 MAX_NEW_TOKENS = 40  # per turn; the longest scripted turn is 35 tokens (an untagged choice answer)
@@ -247,7 +253,7 @@ def folder_tokenizer():
         bos_token=None,
     )
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS], True)
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS + PHRASE_TOKENS])
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED_TOKENS])
     tokenizer.chat_template = base.chat_template
     return tokenizer
 
@@ -320,8 +326,8 @@ def build_toy_model(cfg: ToyConfig, out_dir: Path) -> dict:
         # Sort keys: the task instruction, then the whole first user message (rows sharing it batch well).
         keys = [(c[1]["content"].split("\n", 1)[0], c[1]["content"]) for c in conversations]
         examples = encode(tokenizer, conversations)
+        # exactly cfg.steps batches: the corpus has steps x batch_size conversations
         batches = _batches(examples, keys, cfg.batch_size, random.Random(f"toy-batches-{cfg.seed}"))
-        batches = batches[: cfg.steps]
         data_seconds = time.perf_counter() - started
 
         torch.manual_seed(cfg.seed)

@@ -34,6 +34,7 @@ PHRASE_TOKENS = [
     toy.CHOICE_HEAD,
     toy.CHOICE_ASK,
 ]
+ADDED_TOKENS = TAG_TOKENS + PHRASE_TOKENS  # non-special added tokens, in id order after the specials
 ALPHABET = string.printable[:95] + "\n"  # printable ASCII (with space) and newline; other chars map to unk
 UNK = "\u2047"  # stands for any character outside the alphabet
 CHAT_TEMPLATE = (
@@ -55,7 +56,7 @@ def build_toy_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
     backend.decoder = decoders.Fuse()
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS + PHRASE_TOKENS])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED_TOKENS])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=None,

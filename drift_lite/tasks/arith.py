@@ -21,7 +21,7 @@ from functools import cache
 from itertools import zip_longest
 
 from drift_lite.errors import UserError
-from drift_lite.tasks.base import ExactChecker, Problem, exact_counts
+from drift_lite.tasks.base import ExactChecker, Problem, draw_mix, unordered
 from drift_lite.tasks.toy import split_of
 
 CLASSES = ("1+1", "1+2", "2+2")
@@ -60,24 +60,7 @@ def _pool(split: str, cls: str) -> tuple[tuple[int, int], ...]:
 
 def load(split: str, size: int | None, seed: int) -> list[Problem]:
     """`size` problems of the default mix from `split` ("train" | "eval"), deterministic in `seed`."""
-    if split not in DEFAULT_SIZES:
-        raise UserError(f"arith task: unknown split {split!r} (use 'train' or 'eval')")
-    size = DEFAULT_SIZES[split] if size is None else size
-    if size < 0:
-        raise UserError(f"arith task: size must be >= 0, got {size}")
-    problems = []
-    for cls, count in exact_counts(size, {cls: MIX[cls] for cls in CLASSES}).items():
-        pool = list(_pool(split, cls))
-        if count > len(pool):
-            raise UserError(f"arith task: {split} has only {len(pool)} {cls} problems, {count} asked")
-        random.Random(f"arith-{split}-{cls}-{seed}").shuffle(pool)
-        problems += [make_problem(a, b) for a, b in pool[:count]]
-    random.Random(f"arith-{split}-order-{seed}").shuffle(problems)
-    return problems
-
-
-def _unordered(a: int, b: int) -> tuple[int, int]:
-    return (a, b) if a <= b else (b, a)
+    return draw_mix("arith", split, size, seed, DEFAULT_SIZES, MIX, _pool, lambda c, a, b: make_problem(a, b))
 
 
 @cache
@@ -86,7 +69,7 @@ def _shot_order() -> tuple[tuple[int, int], ...]:
     turn (2+2, 1+2, 1+1, 2+2, ...), each in a fixed shuffled order."""
     per_class = []
     for cls in reversed(CLASSES):
-        pairs = sorted({_unordered(a, b) for a, b in _pool("train", cls)} - {_unordered(*FIRST_SHOT)})
+        pairs = sorted({unordered(a, b) for a, b in _pool("train", cls)} - {unordered(*FIRST_SHOT)})
         random.Random(f"arith-shots-{cls}").shuffle(pairs)
         per_class.append(pairs)
     return (FIRST_SHOT, *(p for row in zip_longest(*per_class) for p in row if p is not None))
@@ -98,8 +81,8 @@ def worked_examples(n: int, avoid: Problem | None = None) -> list[tuple[Problem,
     Every problem gets the same examples, except that one with the operands of `avoid` (in either order) is
     skipped, so no problem is shown its own answer.
     """
-    skip = _unordered(avoid.meta["a"], avoid.meta["b"]) if avoid is not None else None
-    pairs = [pair for pair in _shot_order() if _unordered(*pair) != skip][:n]
+    skip = unordered(avoid.meta["a"], avoid.meta["b"]) if avoid is not None else None
+    pairs = [pair for pair in _shot_order() if unordered(*pair) != skip][:n]
     if len(pairs) < n:
         raise UserError(f"env.shots: the arith train split has only {len(pairs)} examples, {n} asked")
     return [(problem, solution(problem)) for problem in (make_problem(a, b) for a, b in pairs)]

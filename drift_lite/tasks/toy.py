@@ -26,7 +26,7 @@ import random
 from functools import cache
 
 from drift_lite.errors import UserError
-from drift_lite.tasks.base import ExactChecker, Problem, exact_counts
+from drift_lite.tasks.base import ExactChecker, Problem, draw_mix, unordered
 
 FAMILIES = ("add", "choice")
 CLASSES = ("easy", "carry", "stubborn")
@@ -147,37 +147,22 @@ def _pool(split: str, family: str, cls: str) -> tuple[tuple[int, int], ...]:
 
 def load(split: str, size: int | None, seed: int) -> list[Problem]:
     """`size` problems of the default mix from `split` ("train" | "eval"), deterministic in `seed`."""
-    if split not in DEFAULT_SIZES:
-        raise UserError(f"toy task: unknown split {split!r} (use 'train' or 'eval')")
-    size = DEFAULT_SIZES[split] if size is None else size
-    if size < 0:
-        raise UserError(f"toy task: size must be >= 0, got {size}")
-    problems = []
     shares = {(f, c): FAMILY_MIX[f] * CLASS_MIX[c] for f in FAMILIES for c in CLASSES}
-    for (family, cls), count in exact_counts(size, shares).items():
-        pool = list(_pool(split, family, cls))
-        if count > len(pool):
-            raise UserError(f"toy task: {split} has only {len(pool)} {family}/{cls} problems, {count} asked")
-        random.Random(f"toy-{split}-{family}-{cls}-{seed}").shuffle(pool)
-        problems += [make_problem(family, a, b) for a, b in pool[:count]]
-    random.Random(f"toy-{split}-order-{seed}").shuffle(problems)
-    return problems
+    return draw_mix(
+        "toy", split, size, seed, DEFAULT_SIZES, shares, _pool, lambda f, c, a, b: make_problem(f, a, b)
+    )
 
 
 # The first worked example of each family (a carry problem, train split); more follow in a fixed order.
 _SHOT_PAIRS = {"add": (27, 15), "choice": (36, 27)}
 
 
-def _unordered(a: int, b: int) -> tuple[int, int]:
-    return (a, b) if a <= b else (b, a)
-
-
 @cache
 def _shot_order(family: str) -> tuple[tuple[int, int], ...]:
     """Train-split operand pairs for worked examples, distinct as unordered pairs, in a fixed order."""
     first = _SHOT_PAIRS[family]
-    rest = {_unordered(a, b) for cls in CLASSES for a, b in _pool("train", family, cls)}
-    rest.discard(_unordered(*first))
+    rest = {unordered(a, b) for cls in CLASSES for a, b in _pool("train", family, cls)}
+    rest.discard(unordered(*first))
     shuffled = sorted(rest)
     random.Random(f"toy-shots-{family}").shuffle(shuffled)
     return (first, *shuffled)
@@ -192,8 +177,8 @@ def worked_examples(family: str, n: int, avoid: Problem | None = None) -> list[t
     key = "add" if family == "math" else family
     if key not in _SHOT_PAIRS:
         raise ValueError(f"no toy worked examples for family {family!r}")
-    skip = _unordered(avoid.meta["a"], avoid.meta["b"]) if avoid is not None else None
-    pairs = [pair for pair in _shot_order(key) if _unordered(*pair) != skip][:n]
+    skip = unordered(avoid.meta["a"], avoid.meta["b"]) if avoid is not None else None
+    pairs = [pair for pair in _shot_order(key) if unordered(*pair) != skip][:n]
     if len(pairs) < n:
         raise UserError(f"env.shots: the toy train split has only {len(pairs)} {key} examples, {n} asked")
     return [(problem, solution(problem)) for problem in (make_problem(key, a, b) for a, b in pairs)]
