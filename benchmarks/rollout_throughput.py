@@ -110,6 +110,17 @@ def main() -> None:
             tokens += out[:, inputs["input_ids"].shape[1] :].numel()
         return tokens, None
 
+    # Forward passes of the model per contender: on a small model each costs about the same, so their count
+    # explains most of the tokens/s differences.
+    forwards = [0]
+    model.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+
+    def timed(fn):
+        """fn(), its wall-clock seconds, this process's CPU seconds and the model's forward passes."""
+        wall, cpu, forwards[0] = time.perf_counter(), time.process_time(), 0
+        result = fn()
+        return result, time.perf_counter() - wall, time.process_time() - cpu, forwards[0]
+
     batch = recipe.rollout.batch_size
     engine(problems[:2], batch, True)  # warm-up
     engine(problems[:2], batch, True, streaming=True)
@@ -123,9 +134,9 @@ def main() -> None:
         f"model={recipe.model.name} prompts={len(problems)} samples={args.samples} batch={batch} "
         f"max_new_tokens={recipe.rollout.max_new_tokens} threads={torch.get_num_threads()}"
     )
-    print("                           tokens   wall s  tokens/s    cpu s  tokens/cpu-s")
+    print("                           tokens   wall s  tokens/s    cpu s  tokens/cpu-s  forwards")
     rates = {}
-    for key, name, tokens, (wall, cpu) in [
+    for key, name, tokens, (wall, cpu, passes) in [
         ("a", "(a) engine", tok_a, sec_a),
         ("a2", "(a2) token-level engine", tok_a2, sec_a2),
         ("off", "    engine, cache off", tok_off, sec_off),
@@ -133,7 +144,10 @@ def main() -> None:
         ("c", "(c) single-turn batch", tok_c, sec_c),
     ]:
         rates[key] = (tokens / wall, tokens / cpu)
-        print(f"{name:24s} {tokens:8d} {wall:8.2f} {tokens / wall:9.1f} {cpu:8.2f} {tokens / cpu:13.1f}")
+        print(
+            f"{name:24s} {tokens:8d} {wall:8.2f} {tokens / wall:9.1f} {cpu:8.2f} {tokens / cpu:13.1f}"
+            f" {passes:9d}"
+        )
     a, a2, off = rates["a"], rates["a2"], rates["off"]
     print("ratios of tokens/s (wall clock; CPU time in brackets: the machine may be shared)")
     for x, goal in (("b", 8), ("c", 0.8)):
@@ -151,13 +165,6 @@ def main() -> None:
         f"({stats_a['cached_prompt_tokens']} prompt tokens read from the cache; "
         f"same rows: {stats_a['rows'] == stats_off['rows']})"
     )
-
-
-def timed(fn):
-    """fn(), its wall-clock seconds and this process's CPU seconds."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
-    return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
 if __name__ == "__main__":
