@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from drift_lite.errors import UserError
-from drift_lite.rollout import Sampling, episode_settings, load_shots, make_jobs, run_episodes
+from drift_lite.rollout import Sampling, episode_settings, load_shots, make_jobs, play_episodes
 
 
 def set_name(eval_set) -> str:
@@ -83,13 +83,14 @@ def evaluate(
             bar.update(1)
 
         start = time.perf_counter()
-        stats = run_episodes(
+        stats = play_episodes(
             model,
             tokenizer,
             jobs,
             sampling,
             cfg.batch_size,
             on_done,
+            engine=recipe.rollout.engine,
             prefix_cache=recipe.rollout.prefix_cache,
         )
         bar.close()

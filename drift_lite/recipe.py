@@ -83,9 +83,13 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     batch_size: int = 64
-    # Reuse the KV of prompt prefixes already computed (the family's instruction head, each episode's previous
-    # prompt) instead of prefilling them again; same tokens either way. Also used by evaluation. Costs about
-    # twice the KV memory of the active rows: turn off on a GPU that is short of memory.
+    # How episodes share the batch (also for evaluation; the same rows either way): `token` refills a slot as
+    # soon as its episode ends, between tokens (drift_lite.token_batching; models with full-attention caches,
+    # else `turn`); `turn` runs each turn as one HF `generate` call over the batch, refilled between turns.
+    engine: str = "token"
+    # `turn` engine: reuse the KV of prompt prefixes already computed (the family's instruction head, each
+    # episode's previous prompt) instead of prefilling them again; same tokens either way. Costs about twice
+    # the KV memory of the active rows: turn off on a GPU that is short of memory.
     prefix_cache: bool = True
 
 
@@ -190,6 +194,7 @@ CHOICES = {
     "model.quantization": {"none", "nf4"},
     "model.device": {"auto", "cpu", "cuda"},
     "env.mode": {"simple", "full"},
+    "rollout.engine": {"token", "turn"},
     "weights.scheme": {"drift", "uniform", "correct_only"},
     "train.finetune": {"qlora", "lora", "full"},
     "train.normalize": {"mean", "weight_sum"},

@@ -55,16 +55,54 @@ def row_generator(key: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(key)
 
 
+# Floats drawn at once per row (1 MiB): a whole toy turn; one token of a Qwen vocabulary.
+NOISE_BLOCK_ENTRIES = 1 << 18
+
+
+class GumbelNoise:
+    """One row's Gumbel noise for one turn, from its own generator (`row_generator(key)`).
+
+    The k-th `next()` is the noise of the turn's k-th token. It is drawn in blocks of up to `max_tokens`
+    tokens (within NOISE_BLOCK_ENTRIES floats): a CPU generator's `rand((k, vocab))` gives the same values
+    as k calls of `rand(vocab)`, so the noise is that of one draw per token, for a fraction of the calls.
+    """
+
+    def __init__(self, key: int, max_tokens: int = 1):
+        self.generator = row_generator(key)
+        self.max_tokens = max(1, max_tokens)
+        self.block: torch.Tensor | None = None
+        self.used = self.rows = 0
+
+    def next(self, vocab: int) -> torch.Tensor:
+        """The next token's noise, [vocab]."""
+        if self.used == self.rows:
+            self.rows = rows = max(1, min(self.max_tokens, NOISE_BLOCK_ENTRIES // vocab))
+            uniform = torch.rand((rows, vocab), generator=self.generator)
+            tiny = torch.finfo(torch.float32).tiny
+            self.block = -torch.log(-torch.log(uniform.clamp(min=tiny, max=1.0 - 1e-7)))
+            self.used = 0
+        self.used += 1
+        return self.block[self.used - 1]
+
+
 class PerRowGumbelSampler(LogitsProcessor):
     """Exact sampling per row with its own generator: argmax(warped logits + Gumbel noise).
 
     HF `generate` draws every row from one global RNG, so a row's sample would depend on its batch mates.
     Here greedy decoding runs over logits to which each row adds noise from a generator seeded by its own
     (trajectory, turn) key; the argmax of logits plus Gumbel noise is an exact draw from the softmax.
+    `noises`: the rows' streams, in batch order (the token-level engine sets them before each call).
     """
 
-    def __init__(self, keys: list[int], temperature: float, top_p: float, device: torch.device):
-        self.generators = [row_generator(key) for key in keys]
+    def __init__(
+        self,
+        keys: list[int],
+        temperature: float,
+        top_p: float,
+        device: torch.device,
+        max_new_tokens: int = 1,
+    ):
+        self.noises = [GumbelNoise(key, max_new_tokens) for key in keys]
         self.warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
         if top_p < 1.0:
             self.warpers.append(TopPLogitsWarper(top_p))
@@ -75,10 +113,7 @@ class PerRowGumbelSampler(LogitsProcessor):
         for warp in self.warpers:
             scores = warp(input_ids, scores)
         vocab = scores.shape[-1]
-        tiny = torch.finfo(torch.float32).tiny
-        uniform = torch.stack([torch.rand(vocab, generator=g) for g in self.generators]).to(self.device)
-        gumbel = -torch.log(-torch.log(uniform.clamp(min=tiny, max=1.0 - 1e-7)))
-        return scores + gumbel
+        return scores + torch.stack([noise.next(vocab) for noise in self.noises]).to(self.device)
 
 
 class Prefix(NamedTuple):
@@ -178,7 +213,11 @@ def generate_turn(
     )
     processors = LogitsProcessorList()
     if not sampling.greedy:
-        processors.append(PerRowGumbelSampler(keys, sampling.temperature, sampling.top_p, model.device))
+        processors.append(
+            PerRowGumbelSampler(
+                keys, sampling.temperature, sampling.top_p, model.device, sampling.max_new_tokens
+            )
+        )
     with torch.inference_mode():
         out = model.generate(**inputs, generation_config=config, logits_processor=processors)
     width = inputs["input_ids"].shape[1]
@@ -307,6 +346,29 @@ def run_episodes(
         "turns": turns,
         "cached_prompt_tokens": cache.reused_tokens if cache is not None else 0,
     }
+
+
+def play_episodes(
+    model,
+    tokenizer,
+    jobs: Iterable[Job],
+    sampling: Sampling,
+    batch_size: int,
+    on_done: Callable[[Job], None],
+    on_turn: Callable[[int, int], None] | None = None,
+    engine: str = "token",
+    prefix_cache: bool = True,
+) -> dict:
+    """Play episodes with an engine (the same rows either way): `token`, slots refilled between tokens
+    (`token_batching.run_episodes_streaming`), where every layer's cache keeps the whole context; else
+    `turn`, one `generate` per turn (`run_episodes`, with `prefix_cache`)."""
+    if engine == "token" and supports_prefix_cache(model):
+        from drift_lite.token_batching import run_episodes_streaming  # it builds on this module
+
+        return run_episodes_streaming(model, tokenizer, jobs, sampling, batch_size, on_done, on_turn)
+    return run_episodes(
+        model, tokenizer, jobs, sampling, batch_size, on_done, on_turn, prefix_cache=prefix_cache
+    )
 
 
 def _head(prompt: str, job: Job) -> str | None:
@@ -444,7 +506,7 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
         )
 
     try:
-        stats = run_episodes(
+        stats = play_episodes(
             model,
             tokenizer,
             jobs,
@@ -452,6 +514,7 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
             recipe.rollout.batch_size,
             on_done,
             on_turn,
+            engine=recipe.rollout.engine,
             prefix_cache=recipe.rollout.prefix_cache,
         )
     finally:
@@ -471,16 +534,18 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
 
 
 def rollout_settings(recipe) -> dict:
-    """Everything a rollout file depends on (compared on resume); not the device, batch size or KV reuse."""
+    """Everything a rollout file depends on (compared on resume); not the device, batch size, engine or KV
+    reuse."""
     from drift_lite.models import model_identity
 
     data = recipe.to_dict()
     picked = {k: data[k] for k in ("task", "rollout", "seed")}
     picked["model"] = model_identity(recipe.model, recipe.toy)
     picked["env"] = env_identity(recipe)
-    # Rows do not depend on their batch (per-trajectory seeds), so a run may resume with another batch size.
+    # Rows do not depend on their batch (per-trajectory seeds), so a run may resume with another batch size
+    # or engine.
     picked["rollout"] = {
-        k: v for k, v in picked["rollout"].items() if k not in ("batch_size", "prefix_cache")
+        k: v for k, v in picked["rollout"].items() if k not in ("batch_size", "engine", "prefix_cache")
     }
     return json.loads(json.dumps(picked))
 

@@ -21,6 +21,7 @@ from drift_lite.env import EpisodeSettings
 from drift_lite.errors import UserError
 from drift_lite.recipe import load_recipe
 from drift_lite.rollout import (
+    GumbelNoise,
     PerRowGumbelSampler,
     PrefixCache,
     Sampling,
@@ -31,6 +32,7 @@ from drift_lite.rollout import (
     make_jobs,
     rollout,
     rollout_settings,
+    row_generator,
     run_episodes,
     supports_prefix_cache,
 )
@@ -77,6 +79,19 @@ def test_gumbel_sampler_draws_from_the_softmax():
         proc = PerRowGumbelSampler([key], temperature=0.7, top_p=1.0, device=torch.device("cpu"))
         counts[proc(None, logits.clone()).argmax()] += 1
     assert torch.allclose(counts / 4000, probs, atol=0.03)
+
+
+def test_gumbel_noise_in_blocks_equals_one_draw_per_token():
+    """Blocks of a whole turn (small vocab), of a few tokens (large vocab) or of one: the same noise, token by
+    token, as one `rand(vocab)` per token from the row's generator."""
+    tiny = torch.finfo(torch.float32).tiny
+    for vocab, max_tokens in ((116, 40), (116, 1), (100_000, 40)):
+        noise = GumbelNoise(12345, max_tokens)
+        generator = row_generator(12345)
+        for _ in range(9):
+            uniform = torch.rand(vocab, generator=generator).clamp(min=tiny, max=1.0 - 1e-7)
+            assert torch.equal(noise.next(vocab), -torch.log(-torch.log(uniform)))
+        assert len(noise.block) == (max_tokens if vocab == 116 else 2)
 
 
 def test_top_p_never_picks_outside_the_nucleus():
@@ -315,19 +330,31 @@ def test_same_seed_and_settings_give_the_same_bytes(recipe_path, reference, tmp_
     assert (tmp_path / "seed4.jsonl").read_bytes() != reference
 
 
-def test_the_recipe_switch_for_kv_reuse_changes_no_byte(recipe_path, reference, tmp_path, monkeypatch):
+def test_the_recipe_switches_of_engine_and_kv_reuse_change_no_byte(
+    recipe_path, reference, tmp_path, monkeypatch
+):
+    """The reference file came from the default token-level engine; the turn engine, with its prefix cache
+    or without, writes the same bytes (and each switch reaches the engine it names)."""
     import drift_lite.rollout as rollout_module
+    import drift_lite.token_batching as token_module
 
     seen = []
-    real = rollout_module.run_episodes
+    real_turn, real_token = rollout_module.run_episodes, token_module.run_episodes_streaming
     monkeypatch.setattr(
-        rollout_module,
-        "run_episodes",
-        lambda *a, **k: seen.append(k["prefix_cache"]) or real(*a, **k),
+        rollout_module, "run_episodes", lambda *a, **k: seen.append(k["prefix_cache"]) or real_turn(*a, **k)
     )
-    out = tmp_path / "nocache.jsonl"
-    _run(recipe_path, out, "rollout.prefix_cache=false")
-    assert seen == [False] and out.read_bytes() == reference
+    monkeypatch.setattr(
+        token_module, "run_episodes_streaming", lambda *a, **k: seen.append("token") or real_token(*a, **k)
+    )
+    for overrides, engine in (
+        (["rollout.engine=turn"], True),
+        (["rollout.engine=turn", "rollout.prefix_cache=false"], False),
+        ([], "token"),
+    ):
+        seen.clear()
+        out = tmp_path / f"{'-'.join(overrides) or 'default'}.jsonl"
+        _run(recipe_path, out, *overrides)
+        assert seen == [engine] and out.read_bytes() == reference, overrides
 
 
 def _lines_end(data: bytes, k: int) -> int:

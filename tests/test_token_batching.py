@@ -1,5 +1,5 @@
 """The token-level engine: the same rows and counts as the turn-level engine (`rollout.run_episodes`) for any
-batch size, slots kept full, cache compaction, and `on_turn` totals."""
+batch size, slots kept full, buffer reallocation, and `on_turn` totals."""
 
 import pytest
 import torch
@@ -55,12 +55,12 @@ def test_rows_and_counts_equal_the_turn_engine(setup, sampling):
         assert stats["cached_prompt_tokens"] > 0
 
 
-def test_compaction_changes_no_row(setup, monkeypatch):
-    """With no slack the cache is compacted at nearly every step (else when a prefill overflows it); rows stay
-    the same."""
+def test_reallocation_changes_no_row(setup, monkeypatch):
+    """With no slack the buffers are reallocated at nearly every step (else when a prefill overflows them or
+    rows empty); rows stay the same."""
     calls = []
-    real = token_batching._compact
-    monkeypatch.setattr(token_batching, "_compact", lambda *a: calls.append(1) or real(*a))
+    real = token_batching._reallocate
+    monkeypatch.setattr(token_batching, "_reallocate", lambda *a: calls.append(1) or real(*a))
     for sampling in SAMPLINGS:
         calls.clear()
         reference, _ = _play(setup, run_episodes_streaming, sampling, 4)
@@ -136,3 +136,33 @@ def test_deferred_prefill_changes_no_row(setup, monkeypatch, sampling):
     assert prefills[1] >= prefills[2] >= prefills[5]
     if not sampling.greedy:
         assert prefills[1] > 1.3 * prefills[2] > 1.3 * 1.3 * prefills[5]
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS, ids=["greedy", "sampled"])
+def test_grouped_attention_and_rows_by_length_change_no_row(setup, monkeypatch, sampling):
+    """Rows re-ordered by length at every step and each decode step's attention split into as many groups as
+    it allows: the turn engine's rows; the model attends with plain SDPA again afterwards."""
+    reference, _ = _play(setup, run_episodes, sampling, 5)
+    splits, reorders = [], []
+    real_groups, real_reallocate = token_batching._row_groups, token_batching._reallocate
+    monkeypatch.setattr(token_batching, "GROUP_COST", 0)
+    monkeypatch.setattr(token_batching, "SORT_EVERY", 1)
+    monkeypatch.setattr(token_batching, "_row_groups", lambda n: splits.append(real_groups(n)) or splits[-1])
+    monkeypatch.setattr(
+        token_batching, "_reallocate", lambda *a: reorders.append(a[1]) or real_reallocate(*a)
+    )
+    rows, _ = _play(setup, run_episodes_streaming, sampling, 5)
+    assert rows == reference
+    assert sum(len(groups) > 1 for groups in splits) >= 20  # steps whose attention was split
+    assert any(keep != sorted(keep) for keep in reorders)  # rows were moved, not only dropped
+    assert setup[0].config._attn_implementation == "sdpa"
+
+
+def test_row_groups_split_only_when_it_saves_work(monkeypatch):
+    lengths = [200, 190, 180, 20, 10, 5, 5, 4]
+    monkeypatch.setattr(token_batching, "GROUP_COST", 0)
+    groups = token_batching._row_groups(lengths)
+    assert [(a, b) for a, b, _ in groups] in ([(0, 4), (4, 8)], [(0, 3), (3, 5), (5, 8)])
+    assert all(w == max(lengths[a:b]) + 1 for a, b, w in groups)
+    monkeypatch.setattr(token_batching, "GROUP_COST", 10_000)
+    assert token_batching._row_groups(lengths) == [(0, 8, 201)]
