@@ -43,6 +43,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from drift_lite import chat
+from drift_lite.prompt_tokens import PromptTokenizer
 from drift_lite.rollout import (
     GumbelNoise,
     Job,
@@ -66,6 +67,7 @@ class Slot:
     prompt: str | None = None  # this turn's rendered prompt, until it is tokenized
     opening: Opening | None = None  # a first prompt computed before, to copy into the row
     first_prompt: str | None = None  # a first prompt being prefilled, to keep as an opening
+    previous: tuple[str, list[int]] | None = None  # the episode's latest prompt and its ids
 
 
 class Opening(NamedTuple):
@@ -119,7 +121,9 @@ class RowLayer(DynamicLayer):
 
 
 GROUPED_SDPA = "drift_lite_grouped_sdpa"
-SORT_EVERY = 32  # decode steps between two re-orderings of the rows by length (a copy of the buffers)
+SORT_EVERY = 32  # decode steps between two checks whether re-ordering the rows by length pays
+SORT_HORIZON = 32  # steps an order is expected to stay useful: re-order when the attention it saves over
+# them outweighs the copy (both in row x column units of KV traffic)
 GROUP_COST = 1024  # what one more attention call costs, in row x column units of attention (toy, 2 cores)
 
 
@@ -178,9 +182,9 @@ def run_episodes_streaming(
     cache = SlotCache(len(slots), 0)
     for slot in slots:
         _render(slot, tokenizer, sampling)
-    memo: dict[str, list[int]] = {}  # prompt text -> tokens
+    prompts = PromptTokenizer(tokenizer)
     openings: dict[str, Opening] = {}  # first prompt text -> its KV and logits (the latest few)
-    cached = _tokenize(slots, tokenizer, memo, openings)
+    cached = _tokenize(slots, prompts, openings)
     tokens = turns = steps = 0
     grouped = model.config._attn_implementation == "sdpa"
     if grouped:
@@ -211,10 +215,10 @@ def run_episodes_streaming(
                         if not queue:
                             slots[i] = None  # empty until the next reallocation drops its row
                             continue
-                        slot.job = queue.popleft()
+                        slot.job, slot.previous = queue.popleft(), None
                     _render(slot, tokenizer, sampling)
                     starting.append(slot)
-                cached += _tokenize(starting, tokenizer, memo, openings)
+                cached += _tokenize(starting, prompts, openings)
                 turns, tokens = turns + ended, tokens + ended_tokens
                 if on_turn is not None and ended:
                     on_turn(ended, ended_tokens)
@@ -232,21 +236,16 @@ def _render(slot: Slot, tokenizer, sampling: Sampling) -> None:
         slot.noise = GumbelNoise(turn_key(slot.job), sampling.max_new_tokens)
 
 
-def _tokenize(
-    slots: list[Slot | None], tokenizer, memo: dict[str, list[int]], openings: dict[str, Opening]
-) -> int:
-    """Tokenize the rendered prompts (one call for those not in `memo`); cut each row at its longest common
-    prefix with its prompt (at least one token is fed) and queue the rest, or, for a first prompt in
-    `openings`, queue its copy. Returns the prompt tokens not to prefill."""
+def _tokenize(slots: list[Slot | None], prompts: PromptTokenizer, openings: dict[str, Opening]) -> int:
+    """Tokenize the rendered prompts (one call); cut each row at its longest common prefix with its prompt
+    (at least one token is fed) and queue the rest, or, for a first prompt in `openings`, queue its copy.
+    Returns the prompt tokens not to prefill."""
     slots = [s for s in slots if s is not None and s.prompt is not None]
-    new = list(dict.fromkeys(s.prompt for s in slots if s.prompt not in memo))
-    if new:
-        if len(memo) > 4096:
-            memo.clear()
-        memo.update(zip(new, tokenizer(new, add_special_tokens=False)["input_ids"]))
+    encoded = prompts.encode([s.prompt for s in slots], [s.previous for s in slots])
     reused = 0
-    for slot in slots:
-        ids, first = memo[slot.prompt], slot.job.episode.turn == 0
+    for slot, ids in zip(slots, encoded):
+        first = slot.job.episode.turn == 0
+        slot.previous = (slot.prompt, ids)
         if first and slot.prompt in openings:
             slot.opening, slot.pending, slot.prompt = openings[slot.prompt], [], None
             reused += len(ids)
@@ -270,14 +269,20 @@ def _make_room(
     ends = [_end(s, longest) for s in slots]
     empty = sum(slot is None for slot in slots)
     lengths = [len(s.fed) if s is not None else -1 for s in slots]
-    ordered = not sort or all(a >= b for a, b in zip(lengths, lengths[1:]))
-    if max(ends) <= cache.capacity and 4 * empty < len(slots) and ordered:
+    if sort:
+        ranked = sorted(lengths, reverse=True)
+        saved = _groups_cost(_row_groups(lengths)) - _groups_cost(_row_groups(ranked))
+        sort = saved * SORT_HORIZON > 2 * sum(n for n in lengths if n > 0)
+    overflow = max(ends) > cache.capacity
+    if not overflow and 4 * empty < len(slots) and not sort:
         return slots, cache
     keep = [i for i, slot in enumerate(slots) if slot is not None]
     if sort:
         keep.sort(key=lambda i: -lengths[i])
     kept = [slots[i] for i in keep]
-    return kept, _reallocate(cache, keep, max([ends[i] for i in keep], default=1) + slack)
+    capacity = max([ends[i] for i in keep], default=1) + slack if overflow else cache.capacity
+    used = max([lengths[i] for i in keep], default=0)
+    return kept, _reallocate(cache, keep, capacity, used)
 
 
 def _end(slot: Slot | None, longest: int) -> int:
@@ -289,13 +294,13 @@ def _end(slot: Slot | None, longest: int) -> int:
     return len(slot.fed) + (longest if len(slot.pending) > 1 else 1)
 
 
-def _reallocate(cache: SlotCache, keep: list[int], capacity: int) -> SlotCache:
-    """New buffers with rows `keep` of the old ones (their used columns) and `capacity` columns."""
+def _reallocate(cache: SlotCache, keep: list[int], capacity: int, used: int) -> SlotCache:
+    """New buffers with rows `keep` of the old ones (their first `used` columns) and `capacity` columns."""
     new = SlotCache(len(keep), capacity)
     if not cache.keys:
         return new
     rows = torch.tensor(keep, dtype=torch.long, device=cache.keys[0].device)
-    width = min(cache.capacity, capacity)
+    width = min(cache.capacity, capacity, used)
     for old_list, new_list in ((cache.keys, new.keys), (cache.values, new.values)):
         for old in old_list:
             buffer = old.new_zeros(len(keep), old.shape[1], capacity, old.shape[3])
@@ -435,14 +440,18 @@ def _decode(
 def _row_groups(lengths: list[int]) -> list[tuple[int, int, int]]:
     """Split the rows into 1-4 runs of neighbours `(first, end, width)`, each attending over its longest
     row's columns (plus the new one): the split of least work, counting GROUP_COST per extra call."""
-    best, best_cost = [(0, len(lengths), max(lengths) + 1)], len(lengths) * (max(lengths) + 1)
+    best = [(0, len(lengths), max(lengths) + 1)]
     for parts in (2, 3, 4):
         cuts = [round(k * len(lengths) / parts) for k in range(parts + 1)]
         groups = [(a, b, max(lengths[a:b]) + 1) for a, b in zip(cuts, cuts[1:]) if b > a]
-        cost = sum((b - a) * w for a, b, w in groups) + GROUP_COST * (len(groups) - 1)
-        if cost < best_cost:
-            best, best_cost = groups, cost
+        if _groups_cost(groups) < _groups_cost(best):
+            best = groups
     return best
+
+
+def _groups_cost(groups: list[tuple[int, int, int]]) -> int:
+    """Attention work of a split, in row x column units, with GROUP_COST per call after the first."""
+    return sum((b - a) * w for a, b, w in groups) + GROUP_COST * (len(groups) - 1)
 
 
 def _prefill(model, cache: SlotCache, slots: list[Slot], rows: torch.Tensor, pad: int) -> torch.Tensor:
