@@ -186,9 +186,10 @@ def run_episodes_streaming(
     openings: dict[str, Opening] = {}  # first prompt text -> its KV and logits (the latest few)
     cached = _tokenize(slots, prompts, openings)
     tokens = turns = steps = 0
-    grouped = model.config._attn_implementation == "sdpa"
-    if grouped:
-        model.set_attn_implementation(GROUPED_SDPA)
+    grouped = False
+    if model.config._attn_implementation == "sdpa":
+        model.set_attn_implementation(GROUPED_SDPA)  # a model that cannot switch keeps plain SDPA
+        grouped = model.config._attn_implementation == GROUPED_SDPA
     try:
         with torch.inference_mode():
             while any(slot is not None for slot in slots):
