@@ -13,8 +13,8 @@ from __future__ import annotations
 
 def anchors(tokenizer) -> dict[str, int]:
     """The added tokens a prompt may be cut at: special, matched as written (not normalized, no stripping,
-    not whole-word only), and sharing no text with another added token (neither inside one, nor overlapping
-    one's start or end), so every occurrence of their text is that token."""
+    not whole-word only), and sharing no text with another added token or with themselves (neither inside
+    one, nor overlapping one's start or end), so every occurrence of their text is that token."""
     added = {i: t for i, t in tokenizer.added_tokens_decoder.items() if t.content}
     contents = [t.content for t in added.values()]
     safe = {}
@@ -22,8 +22,8 @@ def anchors(tokenizer) -> dict[str, int]:
         c = t.content
         if not t.special or t.normalized or t.lstrip or t.rstrip or t.single_word:
             continue
-        if any(o != c and (c in o or _overlap(o, c) or _overlap(c, o)) for o in contents):
-            continue
+        if _overlap(c, c) or any(o != c and (c in o or _overlap(o, c) or _overlap(c, o)) for o in contents):
+            continue  # (an anchor overlapping itself, like "ABA" in "ABABA", has occurrences never matched)
         safe[c] = i
     return safe
 

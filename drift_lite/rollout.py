@@ -5,6 +5,7 @@ Run it from the CLI: `drift-lite rollout recipes/toy/drift.yaml --out runs/x/rol
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -218,7 +219,7 @@ def generate_turn(
                 keys, sampling.temperature, sampling.top_p, model.device, sampling.max_new_tokens
             )
         )
-    with torch.inference_mode():
+    with torch.inference_mode(), _only_this_config(model):
         out = model.generate(**inputs, generation_config=config, logits_processor=processors)
     width = inputs["input_ids"].shape[1]
     if cache is not None:
@@ -233,6 +234,20 @@ def generate_turn(
         counts.append(n)
         texts.append(tokenizer.decode(ids[:n], skip_special_tokens=True))
     return texts, counts
+
+
+@contextlib.contextmanager
+def _only_this_config(model):
+    """Hide the checkpoint's own `generation_config` while `generate` runs: `generate` fills every setting we
+    leave unset from it, and a repetition penalty, n-gram ban or minimum length set there would change the
+    tokens (in greedy decoding too) unlike the recipe and the token-level engine, which apply none."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's model
+    saved = base.generation_config
+    base.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        base.generation_config = saved
 
 
 def _cached_inputs(model, ids: list[list[int]], reuse: list[tuple[int, Prefix | None]], pad: int) -> dict:

@@ -14,7 +14,10 @@ module hand-writes the decode loop over a fixed number of slots, each with its o
 - that prefill is deferred: a slot starting a turn waits, idle (no token picked, no random draw), until
   `prefill_every` slots wait (default an eighth of the slots), no slot decodes, or the queue is empty; then
   one prefill serves them all. Each forward of a small model is mostly fixed cost, so one prefill every few
-  steps beats one at nearly every step. Prompts starting together are tokenized in one call;
+  steps beats one at nearly every step. Short prompts (later turns) and long ones (first turns) go in two
+  forwards when the padding saved outweighs a forward; a first prompt several slots share is prefilled once
+  and its KV and logits copied to the others, and kept a while for the problem's later trajectories;
+- prompts are tokenized from the previous prompt's last special token on (`prompt_tokens`: the same ids);
 - when a slot's turn ends (eos or `max_new_tokens`), its episode is stepped at once; a finished episode's slot
   takes the next queued job in the same step, otherwise the slot goes on with its next prompt. A new prompt
   keeps the longest common prefix of the row's tokens (the whole previous prompt and turn, or for a new job
@@ -22,8 +25,11 @@ module hand-writes the decode loop over a fixed number of slots, each with its o
 - the buffers are preallocated per layer [slots, kv_heads, capacity, head_dim] and written in place (no
   per-step concatenation). Each forward gets an explicit 4D boolean mask (a row's own columns, and causally
   its new ones) and per-row positions, so a row's logits equal a lone recompute up to float rounding. When a
-  step would overflow the buffers, or a quarter of the slots are empty (the queue ran out), they are copied
-  into new ones holding only the occupied rows, with room for the next step plus `slack` columns.
+  step would overflow the buffers (then with room for it plus `slack` columns), or a quarter of the slots are
+  empty (the queue ran out), they are copied into new ones holding only the occupied rows;
+- a model that attends with PyTorch SDPA is switched to `grouped_sdpa` while the loop runs: rows are kept
+  ordered by length (re-ordered when the attention saved pays for the copy) and each decode step attends in
+  up to four groups of neighbours, each over its own longest row rather than the batch's.
 
 Per turn, tokens are chosen exactly as `run_episodes` chooses them: argmax, or `PerRowGumbelSampler`'s warped
 logits plus the (trajectory, turn) stream's Gumbel noise, one draw per token. So rows equal `run_episodes`'
@@ -165,10 +171,11 @@ def run_episodes_streaming(
     `on_done(job)` is called as each episode ends. `on_turn(turns, tokens)` is called after each decode step
     in which turns ended, with the number of those turns and their generated tokens (the sums over all calls
     are the returned `turns` and `generated_tokens`). Returns `generated_tokens`, `turns` and
-    `cached_prompt_tokens` (prompt tokens a slot's cache row already held, so not prefilled). `slack`: free
-    columns per row after a reallocation (more: fewer copies, more memory). `prefill_every`: slots starting a
-    turn wait until this many do (or no slot decodes, or the queue is empty), then share one prefill; None:
-    `max(1, batch_size // 8)`; 1: prefill at every step any slot starts a turn. Rows do not depend on it.
+    `cached_prompt_tokens` (prompt tokens not prefilled: held by the row, or copied from the same first
+    prompt). `slack`: free columns per row after a reallocation for room (more: fewer copies, more memory).
+    `prefill_every`: slots starting a turn wait until this many do (or no slot decodes, or the queue is
+    empty), then share one prefill; None: `max(1, batch_size // 8)`; 1: prefill at every step any slot starts
+    a turn. Rows do not depend on it.
     """
     every = max(1, batch_size // 8) if prefill_every is None else prefill_every
     model.eval()
@@ -238,9 +245,9 @@ def _render(slot: Slot, tokenizer, sampling: Sampling) -> None:
 
 
 def _tokenize(slots: list[Slot | None], prompts: PromptTokenizer, openings: dict[str, Opening]) -> int:
-    """Tokenize the rendered prompts (one call); cut each row at its longest common prefix with its prompt
-    (at least one token is fed) and queue the rest, or, for a first prompt in `openings`, queue its copy.
-    Returns the prompt tokens not to prefill."""
+    """Tokenize the rendered prompts (`PromptTokenizer`); cut each row at its longest common prefix with its
+    prompt (at least one token is fed) and queue the rest, or, for a first prompt in `openings`, queue its
+    copy. Returns the prompt tokens not to prefill."""
     slots = [s for s in slots if s is not None and s.prompt is not None]
     encoded = prompts.encode([s.prompt for s in slots], [s.previous for s in slots])
     reused = 0
@@ -261,9 +268,10 @@ def _tokenize(slots: list[Slot | None], prompts: PromptTokenizer, openings: dict
 def _make_room(
     slots: list[Slot | None], cache: SlotCache, slack: int, prefill: bool, sort: bool = False
 ) -> tuple[list[Slot | None], SlotCache]:
-    """Reallocate the buffers when the next step (with its prefill or not) would overflow them, a quarter
-    of the slots are empty (those rows are dropped), or `sort` and the rows are not ordered longest first
-    (then they are: neighbours attend over similar widths, see `grouped_sdpa`)."""
+    """Reallocate the buffers when the next step (with its prefill or not) would overflow them (then with
+    room for it plus `slack` columns), a quarter of the slots are empty (those rows are dropped), or `sort`
+    and ordering the rows longest first saves more attention over SORT_HORIZON steps than the copy costs
+    (then neighbours attend over similar widths, see `grouped_sdpa`)."""
     # Every row writes one column at its end in the decode forward; a prefill writes its longest prompt's
     # length of columns (its tokens, then pads) at the end of each row it feeds.
     longest = max((len(s.pending) for s in slots if s is not None), default=1) if prefill else 1

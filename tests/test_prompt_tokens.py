@@ -72,3 +72,10 @@ def test_a_prompt_that_does_not_extend_the_previous_one_is_tokenized_whole():
     out = prompts.encode([second], [(first, _full(tokenizer, first))])
     assert out == [_full(tokenizer, second)] and prompts.cut == 1
     assert prompt_tokens.anchors(tokenizer)  # the toy tokenizer has anchors at all
+
+
+def test_an_added_token_that_overlaps_itself_is_no_anchor():
+    """In "xxABABAyy" the text "ABA" occurs at 2 and 4, but only the first is the token: never cut there."""
+    tokenizer = build_toy_tokenizer()
+    tokenizer.add_tokens([AddedToken("ABA", special=True, normalized=False)])
+    assert "ABA" not in anchors(tokenizer) and "<|im_start|>" in anchors(tokenizer)

@@ -166,3 +166,24 @@ def test_row_groups_split_only_when_it_saves_work(monkeypatch):
     assert all(w == max(lengths[a:b]) + 1 for a, b, w in groups)
     monkeypatch.setattr(token_batching, "GROUP_COST", 10_000)
     assert token_batching._row_groups(lengths) == [(0, 8, 201)]
+
+
+def test_the_checkpoints_generation_config_changes_no_token(setup):
+    """A checkpoint whose generation_config.json sets a repetition penalty, an n-gram ban and a min length:
+    the turn engine's `generate` ignores them like the token engine (and the recipe) do, and the model keeps
+    its config afterwards."""
+    sampling = SAMPLINGS[1]
+    clean, _ = _play(setup, run_episodes, sampling, 5)
+    model = setup[0]
+    saved = model.generation_config
+    try:
+        model.generation_config = saved.__class__(**saved.to_dict())
+        model.generation_config.repetition_penalty = 1.5
+        model.generation_config.no_repeat_ngram_size = 2
+        model.generation_config.min_new_tokens = 5
+        turn, _ = _play(setup, run_episodes, sampling, 5)
+        token, _ = _play(setup, run_episodes_streaming, sampling, 5)
+        assert turn == token == clean
+        assert model.generation_config.repetition_penalty == 1.5
+    finally:
+        model.generation_config = saved
