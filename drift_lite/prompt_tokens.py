@@ -89,9 +89,9 @@ class PromptTokenizer:
         return old_ids[:k], text[at:], anchor_id
 
     def _call(self, texts: list[str]) -> list[list[int]]:
-        # One text per call to the Rust tokenizer itself: a batch call runs its thread pool, which cost ~2 ms
-        # a call on a 2-core box whose cores torch keeps busy, and the transformers wrapper ~0.1 ms a text
-        # (measured); for a fast tokenizer `tokenizer(text)` gives these same ids.
+        # One text per call to the Rust tokenizer: a batch call starts its thread pool, which on a small
+        # box waits on torch's busy threads, and the transformers wrapper adds its own cost per call; both
+        # weigh more than these short texts. For a fast tokenizer `tokenizer(text)` gives these same ids.
         if self.backend is not None:
             return [self.backend.encode(text, add_special_tokens=False).ids for text in texts]
         return [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]

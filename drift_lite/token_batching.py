@@ -130,7 +130,7 @@ GROUPED_SDPA = "drift_lite_grouped_sdpa"
 SORT_EVERY = 32  # decode steps between two checks whether re-ordering the rows by length pays
 SORT_HORIZON = 32  # steps an order is expected to stay useful: re-order when the attention it saves over
 # them outweighs the copy (both in row x column units of KV traffic)
-GROUP_COST = 1024  # what one more attention call costs, in row x column units of attention (toy, 2 cores)
+GROUP_COST = 1024  # one more attention call, in row x column units of attention (an estimate: toy, 2 cores)
 
 
 def grouped_sdpa(module, query, key, value, attention_mask, row_groups=None, **kwargs):
@@ -400,8 +400,9 @@ def _install(cache: SlotCache, slot: Slot, row: int, opening: Opening) -> None:
 OPENINGS = 16
 
 
-# What one more forward costs, in padded prompt tokens (toy model on 2 cores: a forward's fixed cost is
-# about that many tokens' share of a prefill). Larger models: a smaller share; this errs on fewer forwards.
+# What one more forward costs, in padded prompt tokens (an estimate for the toy on 2 cores: a forward's fixed
+# cost is about that many tokens' share of a prefill). Larger models: a smaller share; this errs on fewer
+# forwards.
 FORWARD_COST_TOKENS = 192
 
 
