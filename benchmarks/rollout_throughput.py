@@ -34,6 +34,7 @@ from drift_lite.rollout import (
     episode_settings,
     load_shots,
     make_jobs,
+    plain_generation_config,
     play_episodes,
 )
 from drift_lite.tasks import checker_for, load_problems
@@ -103,7 +104,7 @@ def main() -> None:
             ).to(model.device)
             keys = [j.key for j in jobs[i : i + batch]]
             sampler = PerRowGumbelSampler(keys, 1.0, 1.0, model.device, max_new_tokens=per_row)
-            with torch.inference_mode():
+            with torch.inference_mode(), plain_generation_config(model):  # as the engines decode
                 out = model.generate(**inputs, generation_config=config, logits_processor=[sampler])
             tokens += out[:, inputs["input_ids"].shape[1] :].numel()
         return tokens, None

@@ -92,7 +92,7 @@ class PerRowGumbelSampler(LogitsProcessor):
     HF `generate` draws every row from one global RNG, so a row's sample would depend on its batch mates.
     Here greedy decoding runs over logits to which each row adds noise from a generator seeded by its own
     (trajectory, turn) key; the argmax of logits plus Gumbel noise is an exact draw from the softmax.
-    `noises`: the rows' streams, in batch order (the token-level engine sets them before each call).
+    `noises`: the rows' streams, in batch order (the token-level engine passes its own to `add_noise`).
     """
 
     def __init__(
@@ -110,11 +110,15 @@ class PerRowGumbelSampler(LogitsProcessor):
         self.device = device
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.add_noise(scores, self.noises)
+
+    def add_noise(self, scores: torch.Tensor, noises: list[GumbelNoise]) -> torch.Tensor:
+        """Warped scores plus each row's next noise from `noises` (one stream per row, in row order)."""
         scores = scores.float()
         for warp in self.warpers:
-            scores = warp(input_ids, scores)
+            scores = warp(None, scores)
         vocab = scores.shape[-1]
-        return scores + torch.stack([noise.next(vocab) for noise in self.noises]).to(self.device)
+        return scores + torch.stack([noise.next(vocab) for noise in noises]).to(self.device)
 
 
 class Prefix(NamedTuple):
@@ -219,7 +223,7 @@ def generate_turn(
                 keys, sampling.temperature, sampling.top_p, model.device, sampling.max_new_tokens
             )
         )
-    with torch.inference_mode(), _only_this_config(model):
+    with torch.inference_mode(), plain_generation_config(model):
         out = model.generate(**inputs, generation_config=config, logits_processor=processors)
     width = inputs["input_ids"].shape[1]
     if cache is not None:
@@ -237,7 +241,7 @@ def generate_turn(
 
 
 @contextlib.contextmanager
-def _only_this_config(model):
+def plain_generation_config(model):
     """Hide the checkpoint's own `generation_config` while `generate` runs: `generate` fills every setting we
     leave unset from it, and a repetition penalty, n-gram ban or minimum length set there would change the
     tokens (in greedy decoding too) unlike the recipe and the token-level engine, which apply none."""

@@ -72,8 +72,12 @@ class Slot:
     noise: GumbelNoise | None = None  # this turn's random stream (sampled decoding)
     prompt: str | None = None  # this turn's rendered prompt, until it is tokenized
     opening: Opening | None = None  # a first prompt computed before, to copy into the row
-    first_prompt: str | None = None  # a first prompt being prefilled, to keep as an opening
     previous: tuple[str, list[int]] | None = None  # the episode's latest prompt and its ids
+
+    @property
+    def first_prompt(self) -> str | None:
+        """This turn's prompt text when it is the episode's first (an opening to make or share), else None."""
+        return self.previous[0] if self.previous is not None and self.job.episode.turn == 0 else None
 
 
 class Opening(NamedTuple):
@@ -137,7 +141,7 @@ def grouped_sdpa(module, query, key, value, attention_mask, row_groups=None, **k
     """PyTorch SDPA run per group of rows `(first, end, width)`, each over its own first `width` columns.
 
     One decode step attends every row over the longest row's columns; rows are kept ordered by length, so
-    groups of neighbours attend over little more than their own (about half the work on the toy).
+    groups of neighbours attend over little more than their own.
     Without `row_groups` (prefills, `generate`) it is plain SDPA. Registered with transformers'
     `AttentionInterface`; the engine switches an `sdpa` model to it while it runs.
     """
@@ -182,7 +186,7 @@ def run_episodes_streaming(
     eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     sampler = None
-    if not sampling.greedy:
+    if not sampling.greedy:  # its warpers and noise; each row's noise stream is its slot's
         sampler = PerRowGumbelSampler([], sampling.temperature, sampling.top_p, model.device)
     queue = deque(jobs)
     slots: list[Slot | None] = [Slot(queue.popleft()) for _ in range(min(batch_size, len(queue)))]
@@ -259,7 +263,6 @@ def _tokenize(slots: list[Slot | None], prompts: PromptTokenizer, openings: dict
             reused += len(ids)
             continue
         n = min(common_prefix(slot.fed, ids), len(ids) - 1)
-        slot.first_prompt = slot.prompt if first else None
         slot.fed, slot.pending, slot.prompt = slot.fed[:n], ids[n:], None
         reused += n
     return reused
@@ -366,7 +369,6 @@ def _forward(
             keys = [buffer[i, :, :n].clone() for buffer in cache.keys]
             values = [buffer[i, :, :n].clone() for buffer in cache.values]
             made[text] = Opening(list(slots[i].fed), keys, values, logits[i].clone())
-        slots[i].first_prompt = None
     copied = 0
     for i in followers:
         opening = made[slots[i].first_prompt]
@@ -376,7 +378,7 @@ def _forward(
         if logits is None:
             logits = slots[i].opening.logits.new_zeros(len(slots), slots[i].opening.logits.shape[-1])
         logits[i] = slots[i].opening.logits
-        slots[i].opening = slots[i].first_prompt = None
+        slots[i].opening = None
     if openings is not None:
         for text, opening in made.items():
             openings.pop(text, None)
@@ -507,6 +509,5 @@ def _layers(model, cache: SlotCache, rows: torch.Tensor | None, cols: torch.Tens
 def _pick(logits: torch.Tensor, slots: list[Slot], sampler: PerRowGumbelSampler | None) -> torch.Tensor:
     """Each slot's next token: argmax, or argmax of warped logits plus its turn's Gumbel noise."""
     if sampler is not None:
-        sampler.noises = [slot.noise for slot in slots]  # the batch's rows, in slot order
-        logits = sampler(None, logits)
+        logits = sampler.add_noise(logits, [slot.noise for slot in slots])
     return logits.argmax(-1)
