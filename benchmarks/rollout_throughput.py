@@ -8,8 +8,8 @@
   (c) single-turn batched `generate` of the same number of new tokens (the ceiling batching can reach)
 
 Goals: a/b >= 8 and a/c >= 0.8. This box's speed drifts by 10-50% over minutes, so (a) and (c) are timed
-`--repeats` times, one right after the other; the table shows each one's median round, and a/c is also printed
-round by round (a round's (a) against the same round's (c)) with its median, the steadier figure.
+`--repeats` times, one right after the other, taking turns to go first; the table shows each one's median
+round, and a/c is also printed round by round (a round's (a) against the same round's (c)) with its median.
 Run:
 
     .venv/bin/python benchmarks/rollout_throughput.py                 # toy reference, 32 prompts x 8
@@ -125,8 +125,9 @@ def main() -> None:
     engine(problems[:2], batch, "turn")
     runs: dict[str, list[tuple]] = {"a": [], "c": []}  # (result, times) of each round
     tok_a = None  # (c) generates as many tokens as (a): known after (a)'s first round
-    for _ in range(args.repeats):
-        for key, fn in (("a", lambda: engine(problems, batch, "token")), ("c", single_turn)):
+    contenders = [("a", lambda: engine(problems, batch, "token")), ("c", single_turn)]
+    for round_ in range(args.repeats):  # (a) then (c), then (c) then (a), ...: neither always goes first
+        for key, fn in contenders if round_ % 2 == 0 else contenders[::-1]:
             result, *times = timed(fn)
             if key == "a":
                 tok_a = result[0]
@@ -169,7 +170,7 @@ def main() -> None:
             f"a'/{x} = {turn[0] / r[0]:.2f} [{turn[1] / r[1]:.2f}]  (goal >= {goal})"
         )
     print(
-        f"a/c within each round ((a) then (c), seconds apart: a slower box slows both): "
+        f"a/c within each round ((a) and (c) seconds apart, in turn first: a slower box slows both): "
         f"{', '.join(f'{r:.2f}' for r in paired)}; median {paired[len(paired) // 2]:.2f}"
     )
     print(

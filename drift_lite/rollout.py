@@ -80,10 +80,21 @@ class GumbelNoise:
             self.rows = rows = max(1, min(self.max_tokens, NOISE_BLOCK_ENTRIES // vocab))
             uniform = torch.rand((rows, vocab), generator=self.generator)
             tiny = torch.finfo(torch.float32).tiny
-            self.block = -torch.log(-torch.log(uniform.clamp(min=tiny, max=1.0 - 1e-7)))
+            # -log(-log(u)), in place (the same values as out of place, without four temporaries)
+            self.block = uniform.clamp_(min=tiny, max=1.0 - 1e-7).log_().neg_().log_().neg_()
             self.used = 0
         self.used += 1
         return self.block[self.used - 1]
+
+    def whole_turn(self, vocab: int) -> torch.Tensor | None:
+        """All `max_tokens` tokens' noise, [max_tokens, vocab], when one block holds it (else None); call it
+        before any `next()`, which it does not advance."""
+        if self.max_tokens * vocab > NOISE_BLOCK_ENTRIES:
+            return None
+        if self.block is None:
+            self.next(vocab)
+            self.used = 0
+        return self.block
 
 
 class PerRowGumbelSampler(LogitsProcessor):
@@ -112,13 +123,17 @@ class PerRowGumbelSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         return self.add_noise(scores, self.noises)
 
-    def add_noise(self, scores: torch.Tensor, noises: list[GumbelNoise]) -> torch.Tensor:
-        """Warped scores plus each row's next noise from `noises` (one stream per row, in row order)."""
+    def warp(self, scores: torch.Tensor) -> torch.Tensor:
+        """The scores as float32, after temperature and top-p."""
         scores = scores.float()
         for warp in self.warpers:
             scores = warp(None, scores)
+        return scores
+
+    def add_noise(self, scores: torch.Tensor, noises: list[GumbelNoise]) -> torch.Tensor:
+        """Warped scores plus each row's next noise from `noises` (one stream per row, in row order)."""
         vocab = scores.shape[-1]
-        return scores + torch.stack([noise.next(vocab) for noise in noises]).to(self.device)
+        return self.warp(scores) + torch.stack([noise.next(vocab) for noise in noises]).to(self.device)
 
 
 class Prefix(NamedTuple):

@@ -8,28 +8,29 @@ module hand-writes the decode loop over a fixed number of slots, each with its o
   and nothing else counts. Each row grows on its own: a decoding slot writes its token's keys at its own
   end, a slot starting a turn writes its prompt's new tokens after its own end. No row pads another, so a
   forward attends over the longest conversation in the batch, not over a shared, growing width;
-- every step, slots that decode feed their last token (one forward over all slots; the other rows feed a
-  pad whose keys land past their end and are overwritten later). Slots starting a turn feed their prompt's
-  new tokens in a second forward over those slots only, so a long prefill does not widen every row;
-- that prefill is deferred: a slot starting a turn waits, idle (no token picked, no random draw), until
-  `prefill_every` slots wait (default an eighth of the slots), no slot decodes, or the queue is empty; then
-  one prefill serves them all. Each forward of a small model is mostly fixed cost, so one prefill every few
-  steps beats one at nearly every step. Short prompts (later turns) and long ones (first turns) go in two
-  forwards when the padding saved outweighs a forward; a first prompt several slots share is prefilled once
-  and its KV and logits copied to the others, and kept a while for the problem's later trajectories;
+- every step is one forward of one packed sequence: a token per slot (a decoding slot's last token; for the
+  other slots a pad whose keys land past the row's end and are overwritten later), then the prompts of the
+  slots starting a turn, each written after its own row's end. The model's projections and MLP run over
+  exactly those tokens; attention is `packed_sdpa` (registered with transformers' `AttentionInterface`, the
+  model switched to it while the loop runs; a model whose attention is not pluggable plays with
+  `run_episodes` instead): the slots' tokens attend in up to four groups of neighbouring rows, each over
+  its own longest row rather than the batch's (rows are re-ordered by length when the attention saved pays
+  for the copy), the prompts causally over their own rows;
+- prompts wait: a slot starting a turn idles (no token picked, no random draw) until `prefill_every` slots
+  wait (default an eighth of the slots), no slot decodes, or the queue is empty, and they go in one step
+  together (each step with prompts costs more than its tokens: the prompt attention, its indices). A first
+  prompt several slots share is prefilled once and its KV and logits copied to the others, and kept a while
+  for the problem's later trajectories;
 - prompts are tokenized from the previous prompt's last special token on (`prompt_tokens`: the same ids);
 - when a slot's turn ends (eos or `max_new_tokens`), its episode is stepped at once; a finished episode's slot
   takes the next queued job in the same step, otherwise the slot goes on with its next prompt. A new prompt
   keeps the longest common prefix of the row's tokens (the whole previous prompt and turn, or for a new job
   the system prompt) and cuts the row there: only the rest is prefilled;
 - the buffers are preallocated per layer [slots, kv_heads, capacity, head_dim] and written in place (no
-  per-step concatenation). Each forward gets an explicit 4D boolean mask (a row's own columns, and causally
-  its new ones) and per-row positions, so a row's logits equal a lone recompute up to float rounding. When a
-  step would overflow the buffers (then with room for it plus `slack` columns), or a quarter of the slots are
-  empty (the queue ran out), they are copied into new ones holding only the occupied rows;
-- a model that attends with PyTorch SDPA is switched to `grouped_sdpa` while the loop runs: rows are kept
-  ordered by length (re-ordered when the attention saved pays for the copy) and each decode step attends in
-  up to four groups of neighbours, each over its own longest row rather than the batch's.
+  per-step concatenation). Masks and positions are per row and per token, so a row's logits equal a lone
+  recompute up to float rounding. When a step would overflow the buffers (then with room for it plus
+  `slack` columns), or a quarter of the slots are empty (the queue ran out), they are copied into new ones
+  holding only the occupied rows.
 
 Per turn, tokens are chosen exactly as `run_episodes` chooses them: argmax, or `PerRowGumbelSampler`'s warped
 logits plus the (trajectory, turn) stream's Gumbel noise, one draw per token. So rows equal `run_episodes`'
@@ -46,7 +47,7 @@ from typing import NamedTuple
 import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
 from drift_lite import chat
 from drift_lite.prompt_tokens import PromptTokenizer
@@ -57,6 +58,7 @@ from drift_lite.rollout import (
     Sampling,
     common_prefix,
     eos_ids,
+    run_episodes,
     turn_key,
 )
 
@@ -94,69 +96,101 @@ class Opening(NamedTuple):
 @dataclass
 class SlotCache:
     """The slots' KV buffers, per layer [slots, kv_heads, capacity, head_dim]; allocated by the first forward
-    (a layer's shapes are known only then)."""
+    (a layer's shapes are known only then). `noise`: when sampling and a whole turn's Gumbel noise is one
+    block (`GumbelNoise.whole_turn`, at most 1 MiB a row), each slot's turn noise [slots, max_new_tokens,
+    vocab], so a step reads every row's noise in one gather rather than a call per row."""
 
     rows: int
     capacity: int
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
+    noise: torch.Tensor | None = None
 
 
 class RowLayer(DynamicLayer):
-    """One layer's view of the slot buffers for one forward: `update` writes each fed row's new keys and
-    values at that row's own columns (`cols`, [rows, tokens]) and returns the first `width` columns."""
+    """One layer's view of the slot buffers for one forward: `update` writes each fed token's keys and values
+    at its row and column (`rows`, `cols`: [tokens]) and returns the whole buffers (`packed_sdpa` reads
+    them)."""
 
-    def __init__(
-        self, cache: SlotCache, index: int, rows: torch.Tensor | None, cols: torch.Tensor, width: int
-    ):
+    def __init__(self, cache: SlotCache, index: int, rows: torch.Tensor, cols: torch.Tensor):
         super().__init__()
-        self.cache, self.index, self.rows, self.cols, self.width = cache, index, rows, cols, width
+        self.cache, self.index, self.rows, self.cols = cache, index, rows, cols
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """Write the new columns in place; return the rows' first `width` columns (keys, values)."""
+        """Write the new tokens in place ([1, kv_heads, tokens, head_dim] in); return the layer's buffers."""
         if len(self.cache.keys) == self.index:  # the first forward: allocate this layer's buffers
             for buffers, fresh in ((self.cache.keys, key_states), (self.cache.values, value_states)):
                 shape = (self.cache.rows, fresh.shape[1], self.cache.capacity, fresh.shape[3])
                 buffers.append(fresh.new_zeros(shape))
-        out = []
         for buffers, fresh in ((self.cache.keys, key_states), (self.cache.values, value_states)):
-            buffer = buffers[self.index]
-            rows = self.rows if self.rows is not None else torch.arange(len(buffer), device=buffer.device)
-            buffer[rows[:, None], :, self.cols] = fresh.transpose(1, 2)
-            part = buffer[:, :, : self.width]
-            out.append(part if self.rows is None else part.index_select(0, self.rows))
-        self.keys, self.values = out
+            buffers[self.index][self.rows, :, self.cols] = fresh[0].transpose(0, 1)
+        self.keys, self.values = self.cache.keys[self.index], self.cache.values[self.index]
         return self.keys, self.values
 
 
-GROUPED_SDPA = "drift_lite_grouped_sdpa"
+class Packed(NamedTuple):
+    """One step's tokens, as `packed_sdpa` reads them: one sequence whose first `slots` tokens are one per
+    slot (a decoding slot's token, else a pad), then the prompts prefilled, row after row."""
+
+    slots: int
+    decode_mask: torch.Tensor  # [slots, 1, 1, width]: a slot's token attends to the row's first len(fed)+1
+    groups: list[tuple[int, int, int]]  # runs of slots `(first, end, width)` attending together
+    prefill_rows: torch.Tensor | None  # [P] cache rows prefilled, or None
+    prefill_index: torch.Tensor | None  # [P, L]: each row's prompt tokens among the prefill tokens (padded
+    # with its last one)
+    prefill_real: torch.Tensor | None  # [P, L]: True for a real token, False for padding
+    prefill_mask: torch.Tensor | None  # [P, 1, L, width]: causal over the row's columns
+
+
+PACKED_SDPA = "drift_lite_packed_sdpa"
 SORT_EVERY = 32  # decode steps between two checks whether re-ordering the rows by length pays
 SORT_HORIZON = 32  # steps an order is expected to stay useful: re-order when the attention it saves over
 # them outweighs the copy (both in row x column units of KV traffic)
 GROUP_COST = 1024  # one more attention call, in row x column units of attention (an estimate: toy, 2 cores)
 
 
-def grouped_sdpa(module, query, key, value, attention_mask, row_groups=None, **kwargs):
-    """PyTorch SDPA run per group of rows `(first, end, width)`, each over its own first `width` columns.
+def packed_sdpa(module, query, key, value, attention_mask, packed: Packed | None = None, **kwargs):
+    """PyTorch SDPA over one step of the token engine (`packed`): the slots' tokens attend per group of rows
+    `(first, end, width)`, each over its own first `width` columns of the slot buffers (`key`, `value`:
+    [slots, kv_heads, capacity, head_dim]); the prompts prefilled attend causally over their rows.
 
-    One decode step attends every row over the longest row's columns; rows are kept ordered by length, so
-    groups of neighbours attend over little more than their own.
-    Without `row_groups` (prefills, `generate`) it is plain SDPA. Registered with transformers'
-    `AttentionInterface`; the engine switches an `sdpa` model to it while it runs.
+    One sequence carries every token of the step, so the model's projections and MLP run once over exactly
+    those tokens (no padding), however many slots decode and prefill. Without `packed` (`generate`,
+    training) it is plain SDPA. Registered with transformers' `AttentionInterface`; the engine switches the
+    model to it while it runs.
     """
-    if not row_groups:
+    if packed is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    scale = kwargs.get("scaling")
+    tokens = query[0].transpose(0, 1)  # [tokens, heads, head_dim]
+    n, kv_heads, dim = packed.slots, key.shape[1], query.shape[-1]
+    # one query per slot: its heads grouped by the kv head they share (as `repeat_kv` pairs them)
+    queries = tokens[:n].reshape(n, kv_heads, -1, dim)
     parts = [
-        sdpa_attention_forward(
-            module, query[a:b], key[a:b, :, :w], value[a:b, :, :w], attention_mask[a:b, ..., :w], **kwargs
-        )[0]
-        for a, b, w in row_groups
+        sdpa(
+            queries[a:b],
+            key[a:b, :, :w],
+            value[a:b, :, :w],
+            attn_mask=packed.decode_mask[a:b, ..., :w],
+            scale=scale,
+        )
+        for a, b, w in packed.groups
     ]
-    return torch.cat(parts), None
+    out = [torch.cat(parts).reshape(n, -1, dim)]
+    if packed.prefill_rows is not None:
+        width = packed.prefill_mask.shape[-1]
+        repeat = query.shape[1] // kv_heads
+        keys = repeat_kv(key[packed.prefill_rows, :, :width], repeat)
+        values = repeat_kv(value[packed.prefill_rows, :, :width], repeat)
+        prompts = tokens[n:][packed.prefill_index].transpose(1, 2)  # [P, heads, L, head_dim]
+        attended = sdpa(prompts, keys, values, attn_mask=packed.prefill_mask, scale=scale)
+        out.append(attended.transpose(1, 2)[packed.prefill_real])
+    return torch.cat(out)[None], None
 
 
-AttentionInterface.register(GROUPED_SDPA, grouped_sdpa)
+AttentionInterface.register(PACKED_SDPA, packed_sdpa)
 
 
 def run_episodes_streaming(
@@ -183,6 +217,10 @@ def run_episodes_streaming(
     """
     every = max(1, batch_size // 8) if prefill_every is None else prefill_every
     model.eval()
+    original = model.config._attn_implementation
+    model.set_attn_implementation(PACKED_SDPA)
+    if model.config._attn_implementation != PACKED_SDPA:  # the model's attention is not pluggable
+        return run_episodes(model, tokenizer, jobs, sampling, batch_size, on_done, on_turn)
     eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     sampler = None
@@ -191,28 +229,24 @@ def run_episodes_streaming(
     queue = deque(jobs)
     slots: list[Slot | None] = [Slot(queue.popleft()) for _ in range(min(batch_size, len(queue)))]
     cache = SlotCache(len(slots), 0)
+    rendered: dict[tuple, str] = {}  # messages -> prompt text (the latest RENDERED)
     for slot in slots:
-        _render(slot, tokenizer, sampling)
+        _render(slot, tokenizer, sampling, rendered)
     prompts = PromptTokenizer(tokenizer)
     openings: dict[str, Opening] = {}  # first prompt text -> its KV and logits (the latest few)
     cached = _tokenize(slots, prompts, openings)
     tokens = turns = steps = 0
-    grouped = False
-    if model.config._attn_implementation == "sdpa":
-        model.set_attn_implementation(GROUPED_SDPA)  # a model that cannot switch keeps plain SDPA
-        grouped = model.config._attn_implementation == GROUPED_SDPA
     try:
         with torch.inference_mode():
             while any(slot is not None for slot in slots):
                 waiting = sum(slot is not None and len(slot.pending) > 1 for slot in slots)
                 decoding = sum(slot is not None and len(slot.pending) == 1 for slot in slots)
                 prefill = waiting > 0 and (waiting >= every or not decoding or not queue)
-                sort = grouped and steps % SORT_EVERY == 0
-                slots, cache = _make_room(slots, cache, slack, prefill, sort)
-                fed, logits, copied = _forward(model, cache, slots, pad, prefill, grouped, openings)
+                slots, cache = _make_room(slots, cache, slack, prefill, steps % SORT_EVERY == 0)
+                fed, logits, copied = _forward(model, cache, slots, pad, prefill, openings)
                 cached += copied
                 steps += 1
-                picked = _pick(logits[fed], [slots[i] for i in fed], sampler).tolist()
+                picked = _pick(logits, fed, slots, sampler, cache).tolist()
                 ended, ended_tokens, starting = 0, 0, []
                 for i, token in zip(fed, picked):
                     slot = slots[i]
@@ -228,21 +262,32 @@ def run_episodes_streaming(
                             slots[i] = None  # empty until the next reallocation drops its row
                             continue
                         slot.job, slot.previous = queue.popleft(), None
-                    _render(slot, tokenizer, sampling)
+                    _render(slot, tokenizer, sampling, rendered)
                     starting.append(slot)
                 cached += _tokenize(starting, prompts, openings)
                 turns, tokens = turns + ended, tokens + ended_tokens
                 if on_turn is not None and ended:
                     on_turn(ended, ended_tokens)
     finally:
-        if grouped:
-            model.set_attn_implementation("sdpa")
+        model.set_attn_implementation(original)
     return {"generated_tokens": tokens, "turns": turns, "cached_prompt_tokens": cached}
 
 
-def _render(slot: Slot, tokenizer, sampling: Sampling) -> None:
-    """Start a slot's next turn: render its prompt (tokenized with the others that start in this step)."""
-    slot.prompt = chat.render_prompt(tokenizer, slot.job.episode.messages)
+# Rendered prompts remembered: a problem's trajectories often hold the same conversation (the same first
+# prompt; often the same answers), and rendering a chat template costs more than looking it up.
+RENDERED = 1024
+
+
+def _render(slot: Slot, tokenizer, sampling: Sampling, rendered: dict[tuple, str]) -> None:
+    """Start a slot's next turn: render its prompt (tokenized with the others that start in this step); the
+    same messages give the same text, so `rendered` (the latest RENDERED) is looked up first."""
+    messages = slot.job.episode.messages
+    key = tuple(tuple(message.items()) for message in messages)
+    slot.prompt = rendered.get(key)
+    if slot.prompt is None:
+        slot.prompt = rendered[key] = chat.render_prompt(tokenizer, messages)
+        if len(rendered) > RENDERED:
+            del rendered[next(iter(rendered))]  # the oldest
     slot.generated = []
     if not sampling.greedy:
         slot.noise = GumbelNoise(turn_key(slot.job), sampling.max_new_tokens)
@@ -274,11 +319,8 @@ def _make_room(
     """Reallocate the buffers when the next step (with its prefill or not) would overflow them (then with
     room for it plus `slack` columns), a quarter of the slots are empty (those rows are dropped), or `sort`
     and ordering the rows longest first saves more attention over SORT_HORIZON steps than the copy costs
-    (then neighbours attend over similar widths, see `grouped_sdpa`)."""
-    # Every row writes one column at its end in the decode forward; a prefill writes its longest prompt's
-    # length of columns (its tokens, then pads) at the end of each row it feeds.
-    longest = max((len(s.pending) for s in slots if s is not None), default=1) if prefill else 1
-    ends = [_end(s, longest) for s in slots]
+    (then neighbours attend over similar widths, see `packed_sdpa`)."""
+    ends = [_end(s, prefill) for s in slots]
     empty = sum(slot is None for slot in slots)
     lengths = [len(s.fed) if s is not None else -1 for s in slots]
     if sort:
@@ -297,18 +339,21 @@ def _make_room(
     return kept, _reallocate(cache, keep, capacity, used)
 
 
-def _end(slot: Slot | None, longest: int) -> int:
-    """The columns a row needs for the next step (its own, an opening's, then a prefill's or one more)."""
+def _end(slot: Slot | None, prefill: bool) -> int:
+    """The columns a row needs for the next step: its own (or an opening's), then one for its token or pad,
+    after its prompt if it is prefilled (a prefilled row's pad goes past its prompt)."""
     if slot is None:
         return 1
     if slot.opening is not None:
         return len(slot.opening.ids) + 1
-    return len(slot.fed) + (longest if len(slot.pending) > 1 else 1)
+    return len(slot.fed) + 1 + (len(slot.pending) if prefill and len(slot.pending) > 1 else 0)
 
 
 def _reallocate(cache: SlotCache, keep: list[int], capacity: int, used: int) -> SlotCache:
     """New buffers with rows `keep` of the old ones (their first `used` columns) and `capacity` columns."""
     new = SlotCache(len(keep), capacity)
+    if cache.noise is not None:
+        new.noise = cache.noise[keep]
     if not cache.keys:
         return new
     rows = torch.tensor(keep, dtype=torch.long, device=cache.keys[0].device)
@@ -327,14 +372,13 @@ def _forward(
     slots: list[Slot | None],
     pad: int,
     prefill: bool,
-    grouped: bool = False,
     openings: dict[str, Opening] | None = None,
 ) -> tuple[list[int], torch.Tensor, int]:
     """Feed the decoding slots' tokens and, if `prefill`, the waiting slots' prompts (a first prompt that
-    several of them share, once); copy openings into their rows. Returns the rows fed, the logits after each
-    row's last token [slots, vocab] (rows not fed: arbitrary) and the prompt tokens copied rather than
-    prefilled beyond those already counted. `grouped`: the model attends with `grouped_sdpa`; the decode step
-    passes it groups of rows. First prompts prefilled here are kept in `openings` (the latest OPENINGS)."""
+    several of them share, once) in one forward; copy openings into their rows. Returns the rows fed, the
+    logits after each row's last token [slots, vocab] (rows not fed: arbitrary) and the prompt tokens copied
+    rather than prefilled beyond those already counted. First prompts prefilled here are kept in `openings`
+    (the latest OPENINGS)."""
     ready = [i for i, s in enumerate(slots) if s is not None and s.opening is not None]
     for i in ready:
         _install(cache, slots[i], i, slots[i].opening)
@@ -349,15 +393,7 @@ def _forward(
                 else:
                     leader.setdefault(text, i)
                     starting.append(i)
-    logits = None
-    if decode:
-        logits = _decode(model, cache, slots, decode, pad, grouped)
-    for group in _prefill_groups([len(slots[i].pending) for i in starting]):
-        rows = torch.tensor([starting[j] for j in group], device=model.device)
-        out = _prefill(model, cache, [slots[starting[j]] for j in group], rows, pad)
-        if logits is None:
-            logits = out.new_zeros(len(slots), out.shape[-1])
-        logits[rows] = out
+    logits = _step(model, cache, slots, decode, starting, pad) if decode or starting else None
     for i in decode + starting:
         slots[i].fed += slots[i].pending
         slots[i].pending = []
@@ -402,53 +438,6 @@ def _install(cache: SlotCache, slot: Slot, row: int, opening: Opening) -> None:
 OPENINGS = 16
 
 
-# What one more forward costs, in padded prompt tokens (an estimate for the toy on 2 cores: a forward's fixed
-# cost is about that many tokens' share of a prefill). Larger models: a smaller share; this errs on fewer
-# forwards.
-FORWARD_COST_TOKENS = 192
-
-
-def _prefill_groups(lengths: list[int]) -> list[list[int]]:
-    """Split the prompts to prefill (their lengths) into one or two forwards, shortest apart from longest,
-    when the padding the split saves outweighs a forward's fixed cost (first turns of new jobs are long,
-    later turns short: together, the short ones are padded to the long ones' length)."""
-    if not lengths:
-        return []
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    ranked = [lengths[j] for j in order]
-    best, cut = len(ranked) * ranked[-1], len(ranked)
-    for k in range(1, len(ranked)):
-        cost = k * ranked[k - 1] + (len(ranked) - k) * ranked[-1] + FORWARD_COST_TOKENS
-        if cost < best:
-            best, cut = cost, k
-    return [order[:cut], order[cut:]] if cut < len(ranked) else [order]
-
-
-def _decode(
-    model, cache: SlotCache, slots: list[Slot | None], decode: list[int], pad: int, grouped: bool = False
-) -> torch.Tensor:
-    """One token for every row at its own end (a pad for rows not in `decode`: empty or waiting to prefill;
-    its keys land past the row's end and count for nothing); returns logits."""
-    device = model.device
-    ids = torch.full((len(slots), 1), pad, dtype=torch.long)
-    ids[decode, 0] = torch.tensor([slots[i].pending[0] for i in decode])
-    lengths = [len(s.fed) if s is not None else 0 for s in slots]
-    ends = torch.tensor(lengths, device=device)[:, None]
-    width = max(lengths) + 1
-    mask = torch.arange(width, device=device)[None, :] <= ends  # the row's tokens and the new one
-    extra = {"row_groups": _row_groups(lengths)} if grouped else {}
-    out = model(
-        input_ids=ids.to(device),
-        position_ids=ends,
-        attention_mask=mask[:, None, None, :],
-        cache=_layers(model, cache, None, ends, width),
-        use_cache=True,
-        logits_to_keep=1,
-        **extra,
-    )
-    return out.logits[:, -1].float()
-
-
 def _row_groups(lengths: list[int]) -> list[tuple[int, int, int]]:
     """Split the rows into 1-4 runs of neighbours `(first, end, width)`, each attending over its longest
     row's columns (plus the new one): the split of least work, counting GROUP_COST per extra call."""
@@ -466,48 +455,82 @@ def _groups_cost(groups: list[tuple[int, int, int]]) -> int:
     return sum((b - a) * w for a, b, w in groups) + GROUP_COST * (len(groups) - 1)
 
 
-def _prefill(model, cache: SlotCache, slots: list[Slot], rows: torch.Tensor, pad: int) -> torch.Tensor:
-    """Feed the pending prompts of `slots` (cache rows `rows`), left padded, in one forward; returns logits.
-
-    Row j's m new tokens are written at its columns end..end+m-1 and its L-m pads after them (past the new
-    end: they count for nothing): block position p goes to column end + (p + m) mod L. A real token attends
-    to the row's columns up to its own; a pad to the row's old columns and itself (no fully masked row).
-    """
+def _step(
+    model, cache: SlotCache, slots: list[Slot | None], decode: list[int], starting: list[int], pad: int
+) -> torch.Tensor:
+    """One forward: a token for every slot at its own end (a pad for slots not in `decode`: empty, waiting,
+    or prefilled now, whose pad goes past its prompt; a pad's keys land past the row's end and count for
+    nothing), then the prompts of `starting`, each at its row's end. Returns the logits after each slot's
+    last token [slots, vocab]."""
     device = model.device
-    m = torch.tensor([len(s.pending) for s in slots], device=device)
-    ends = torch.tensor([len(s.fed) for s in slots], device=device)
-    length = int(m.max())
-    ids = torch.full((len(slots), length), pad, dtype=torch.long)
-    for j, slot in enumerate(slots):
-        ids[j, length - len(slot.pending) :] = torch.tensor(slot.pending)
-    block = torch.arange(length, device=device)[None, :]
-    real = block >= (length - m)[:, None]  # [rows, L]
-    cols = ends[:, None] + (block + m[:, None]) % length  # [rows, L]
-    positions = torch.where(real, cols, 0)  # a real token's column is its position (compact rows)
-    width = int((ends + length).max())
-    c = torch.arange(width, device=device)[None, None, :]
-    mask = torch.where(
-        real[:, :, None], c <= cols[:, :, None], (c < ends[:, None, None]) | (c == cols[:, :, None])
-    )
+    ends = [len(s.fed) if s is not None else 0 for s in slots]
+    ids, cols = [pad] * len(slots), list(ends)
+    for i in decode:
+        ids[i] = slots[i].pending[0]
+    keep = list(range(len(slots)))  # the token after which each slot's logits are read
+    rows, positions = list(range(len(slots))), list(ends)
+    lengths = [len(slots[i].pending) for i in starting]
+    for i, m in zip(starting, lengths):
+        cols[i] = ends[i] + m
+        keep[i] = len(ids) + m - 1
+        ids += slots[i].pending
+        rows += [i] * m
+        positions += range(ends[i], ends[i] + m)
+    cols += positions[len(slots) :]  # a prompt token's column is its position (compact rows)
+    width = max(ends) + 1
+    decode_mask = torch.arange(width, device=device)[None, :] <= torch.tensor(ends, device=device)[:, None]
+    packed = Packed(len(slots), decode_mask[:, None, None, :], _row_groups(ends), None, None, None, None)
+    if starting:
+        m = torch.tensor(lengths, device=device)
+        first = torch.cumsum(m, 0) - m  # each prompt's first token among the prefill tokens
+        block = torch.arange(int(m.max()), device=device)[None, :]
+        index = first[:, None] + torch.minimum(block, m[:, None] - 1)  # padding repeats the last token
+        start = torch.tensor([ends[i] for i in starting], device=device)
+        width = int((start + m).max())
+        columns = torch.arange(width, device=device)[None, None, :]
+        mask = columns <= (start[:, None] + torch.minimum(block, m[:, None] - 1))[:, :, None]
+        packed = packed._replace(
+            prefill_rows=torch.tensor(starting, device=device),
+            prefill_index=index,
+            prefill_real=block < m[:, None],
+            prefill_mask=mask[:, None],
+        )
+    rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
+    layers = [RowLayer(cache, k, rows_t, cols_t) for k in range(model.config.num_hidden_layers)]
     out = model(
-        input_ids=ids.to(device),
-        position_ids=positions,
-        attention_mask=mask[:, None],
-        cache=_layers(model, cache, rows, cols, width),
+        input_ids=torch.tensor([ids], device=device),
+        position_ids=torch.tensor([positions], device=device),
+        cache=Cache(layers=layers),
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=torch.tensor(keep, device=device),
+        packed=packed,
     )
-    return out.logits[:, -1].float()
+    return out.logits[0].float()
 
 
-def _layers(model, cache: SlotCache, rows: torch.Tensor | None, cols: torch.Tensor, width: int) -> Cache:
-    """A cache object whose layers read and write the slot buffers (all rows when `rows` is None)."""
-    layers = model.config.num_hidden_layers
-    return Cache(layers=[RowLayer(cache, i, rows, cols, width) for i in range(layers)])
-
-
-def _pick(logits: torch.Tensor, slots: list[Slot], sampler: PerRowGumbelSampler | None) -> torch.Tensor:
-    """Each slot's next token: argmax, or argmax of warped logits plus its turn's Gumbel noise."""
-    if sampler is not None:
-        logits = sampler.add_noise(logits, [slot.noise for slot in slots])
-    return logits.argmax(-1)
+def _pick(
+    logits: torch.Tensor,
+    fed: list[int],
+    slots: list[Slot | None],
+    sampler: PerRowGumbelSampler | None,
+    cache: SlotCache,
+) -> torch.Tensor:
+    """The next token of each slot in `fed`: argmax, or argmax of warped logits plus its turn's Gumbel noise
+    (from `cache.noise` when a turn's noise is one block: a slot's is copied there at its turn's first token;
+    else drawn row by row)."""
+    logits = logits[fed]
+    if sampler is None:
+        return logits.argmax(-1)
+    fed_slots = [slots[i] for i in fed]
+    vocab = logits.shape[-1]
+    if cache.noise is None and fed_slots[0].noise.whole_turn(vocab) is not None:
+        size = fed_slots[0].noise.max_tokens
+        cache.noise = logits.new_zeros(cache.rows, size, vocab, device=torch.device("cpu"))
+    if cache.noise is None:
+        return sampler.add_noise(logits, [slot.noise for slot in fed_slots]).argmax(-1)
+    for i, slot in zip(fed, fed_slots):
+        if not slot.generated:  # a new turn: its noise into the slot's row
+            cache.noise[i] = slot.noise.whole_turn(vocab)
+    steps = torch.tensor([len(slot.generated) for slot in fed_slots])
+    noise = cache.noise[torch.tensor(fed), steps].to(logits.device)
+    return (sampler.warp(logits) + noise).argmax(-1)

@@ -92,6 +92,10 @@ def test_gumbel_noise_in_blocks_equals_one_draw_per_token():
             uniform = torch.rand(vocab, generator=generator).clamp(min=tiny, max=1.0 - 1e-7)
             assert torch.equal(noise.next(vocab), -torch.log(-torch.log(uniform)))
         assert len(noise.block) == (max_tokens if vocab == 116 else 2)
+    whole = GumbelNoise(12345, 40).whole_turn(116)  # one block holds the turn: its 40 tokens' noise
+    noise = GumbelNoise(12345, 40)
+    assert torch.equal(whole, torch.stack([noise.next(116) for _ in range(40)]))
+    assert GumbelNoise(12345, 40).whole_turn(100_000) is None  # 40 tokens of this vocab: more than a block
 
 
 def test_top_p_never_picks_outside_the_nucleus():

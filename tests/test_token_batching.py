@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import make_tiny_lm
 
-from drift_lite import token_batching
+from drift_lite import chat, rollout, token_batching
 from drift_lite.env import EpisodeSettings
 from drift_lite.recipe import load_recipe
 from drift_lite.rollout import Sampling, load_shots, make_jobs, run_episodes
@@ -118,13 +118,13 @@ def test_on_turn_adds_up_to_the_totals(setup):
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=["greedy", "sampled"])
 def test_deferred_prefill_changes_no_row(setup, monkeypatch, sampling):
     """Slots starting a turn wait, idle, until 1, 2 or all 5 of them do: the same rows and counts as the turn
-    engine, and fewer prefill forwards the longer they wait when turns end at varied steps (sampled; greedy,
-    this model's slots start their turns in step, so the counts tie)."""
+    engine, and fewer forwards with prompts the longer they wait when turns end at varied steps (sampled;
+    greedy, this model's slots start their turns in step, so the counts tie)."""
     biased = (*_eos_biased_lm(), *setup[2:])
     reference, ref_stats = _play(biased, run_episodes, sampling, 5, n=4)
-    calls = []
-    real = token_batching._prefill
-    monkeypatch.setattr(token_batching, "_prefill", lambda *a: calls.append(1) or real(*a))
+    calls = []  # per forward: did it prefill prompts?
+    real = token_batching._step
+    monkeypatch.setattr(token_batching, "_step", lambda *a: calls.append(bool(a[4])) or real(*a))
     prefills = {}
     for every in (1, 2, 5):
         calls.clear()
@@ -132,7 +132,7 @@ def test_deferred_prefill_changes_no_row(setup, monkeypatch, sampling):
         assert rows == reference, every
         assert stats["generated_tokens"] == ref_stats["generated_tokens"]
         assert stats["turns"] == ref_stats["turns"]
-        prefills[every] = len(calls)
+        prefills[every] = sum(calls)
     assert prefills[1] >= prefills[2] >= prefills[5]
     if not sampling.greedy:
         assert prefills[1] > 1.3 * prefills[2] > 1.3 * 1.3 * prefills[5]
@@ -187,3 +187,34 @@ def test_the_checkpoints_generation_config_changes_no_token(setup):
         assert model.generation_config.repetition_penalty == 1.5
     finally:
         model.generation_config = saved
+
+
+def test_noise_drawn_row_by_row_and_prompts_rendered_once_change_no_row(setup, monkeypatch):
+    """Sampled: a turn's noise too large for one block is drawn token by token per row (not read from the
+    slots' noise table); the same rows. Conversations that repeat (a problem's trajectories) are rendered
+    once."""
+    sampling = SAMPLINGS[1]
+    renders = []
+    real_render = chat.render_prompt
+    monkeypatch.setattr(chat, "render_prompt", lambda *a: renders.append(1) or real_render(*a))
+    reference, stats = _play(setup, run_episodes_streaming, sampling, 5)
+    assert len(renders) < stats["turns"]
+    monkeypatch.setattr(rollout, "NOISE_BLOCK_ENTRIES", 116 * 4)  # 4 tokens a block, 12 a turn
+    noise_tables = []
+    real_pick = token_batching._pick
+    monkeypatch.setattr(token_batching, "_pick", lambda *a: noise_tables.append(a[-1].noise) or real_pick(*a))
+    rows, _ = _play(setup, run_episodes_streaming, sampling, 5)
+    assert rows == reference
+    assert noise_tables and all(table is None for table in noise_tables)
+
+
+def test_a_model_whose_attention_cannot_be_switched_plays_with_the_turn_engine(setup, monkeypatch):
+    """transformers cannot switch the model to `packed_sdpa`: the turn engine plays (the same rows); the
+    token engine's step never runs."""
+    sampling = SAMPLINGS[1]
+    reference, _ = _play(setup, run_episodes, sampling, 5)
+    monkeypatch.setattr(type(setup[0]), "_can_set_attn_implementation", classmethod(lambda cls: False))
+    steps = []
+    monkeypatch.setattr(token_batching, "_step", lambda *a: steps.append(1))
+    rows, _ = _play(setup, run_episodes_streaming, sampling, 5)
+    assert rows == reference and not steps
