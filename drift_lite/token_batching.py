@@ -360,8 +360,9 @@ def _reallocate(cache: SlotCache, keep: list[int], capacity: int, used: int) -> 
     width = min(cache.capacity, capacity, used)
     for old_list, new_list in ((cache.keys, new.keys), (cache.values, new.values)):
         for old in old_list:
-            buffer = old.new_zeros(len(keep), old.shape[1], capacity, old.shape[3])
+            buffer = old.new_empty(len(keep), old.shape[1], capacity, old.shape[3])
             buffer[:, :, :width] = old[rows, :, :width]
+            buffer[:, :, width:] = 0  # masked columns are still read: no stale NaN may sit there
             new_list.append(buffer)
     return new
 
