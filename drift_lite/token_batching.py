@@ -15,7 +15,8 @@ module hand-writes the decode loop over a fixed number of slots, each with its o
   model switched to it while the loop runs; a model whose attention is not pluggable plays with
   `run_episodes` instead): the slots' tokens attend in up to four groups of neighbouring rows, each over
   its own longest row rather than the batch's (rows are re-ordered by length when the attention saved pays
-  for the copy), the prompts causally over their own rows;
+  for the copy), the prompts causally over their own rows (long first prompts over short rows apart from
+  short later turns over long rows, when that saves more than a call costs);
 - prompts wait: a slot starting a turn idles (no token picked, no random draw) until `prefill_every` slots
   wait (default an eighth of the slots), no slot decodes, or the queue is empty, and they go in one step
   together (each step with prompts costs more than its tokens: the prompt attention, its indices). A first
@@ -42,6 +43,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import NamedTuple
 
 import torch
@@ -129,18 +131,24 @@ class RowLayer(DynamicLayer):
         return self.keys, self.values
 
 
+class Prompts(NamedTuple):
+    """Prompts prefilled together in one step, as `packed_sdpa` attends them: P rows, the longest L tokens."""
+
+    rows: torch.Tensor  # [P] their cache rows
+    index: torch.Tensor  # [P, L] each row's prompt tokens in the step's sequence (padded with its last one)
+    real: torch.Tensor  # [P, L] True for a real token, False for padding
+    mask: torch.Tensor  # [P, 1, L, width] causal over the row's columns
+
+
 class Packed(NamedTuple):
     """One step's tokens, as `packed_sdpa` reads them: one sequence whose first `slots` tokens are one per
-    slot (a decoding slot's token, else a pad), then the prompts prefilled, row after row."""
+    slot (a decoding slot's token, else a pad), then the prompts prefilled, group after group, row after
+    row."""
 
     slots: int
     decode_mask: torch.Tensor  # [slots, 1, 1, width]: a slot's token attends to the row's first len(fed)+1
     groups: list[tuple[int, int, int]]  # runs of slots `(first, end, width)` attending together
-    prefill_rows: torch.Tensor | None  # [P] cache rows prefilled, or None
-    prefill_index: torch.Tensor | None  # [P, L]: each row's prompt tokens among the prefill tokens (padded
-    # with its last one)
-    prefill_real: torch.Tensor | None  # [P, L]: True for a real token, False for padding
-    prefill_mask: torch.Tensor | None  # [P, 1, L, width]: causal over the row's columns
+    prompts: list[Prompts]  # the prompts, in groups of similar shapes (long first prompts, short later ones)
 
 
 PACKED_SDPA = "drift_lite_packed_sdpa"
@@ -179,14 +187,14 @@ def packed_sdpa(module, query, key, value, attention_mask, packed: Packed | None
         for a, b, w in packed.groups
     ]
     out = [torch.cat(parts).reshape(n, -1, dim)]
-    if packed.prefill_rows is not None:
-        width = packed.prefill_mask.shape[-1]
-        repeat = query.shape[1] // kv_heads
-        keys = repeat_kv(key[packed.prefill_rows, :, :width], repeat)
-        values = repeat_kv(value[packed.prefill_rows, :, :width], repeat)
-        prompts = tokens[n:][packed.prefill_index].transpose(1, 2)  # [P, heads, L, head_dim]
-        attended = sdpa(prompts, keys, values, attn_mask=packed.prefill_mask, scale=scale)
-        out.append(attended.transpose(1, 2)[packed.prefill_real])
+    repeat = query.shape[1] // kv_heads
+    for group in packed.prompts:
+        width = group.mask.shape[-1]
+        keys = repeat_kv(key[group.rows, :, :width], repeat)
+        values = repeat_kv(value[group.rows, :, :width], repeat)
+        prompts = tokens[group.index].transpose(1, 2)  # [P, heads, L, head_dim]
+        attended = sdpa(prompts, keys, values, attn_mask=group.mask, scale=scale)
+        out.append(attended.transpose(1, 2)[group.real])
     return torch.cat(out)[None], None
 
 
@@ -470,32 +478,23 @@ def _step(
         ids[i] = slots[i].pending[0]
     keep = list(range(len(slots)))  # the token after which each slot's logits are read
     rows, positions = list(range(len(slots))), list(ends)
-    lengths = [len(slots[i].pending) for i in starting]
-    for i, m in zip(starting, lengths):
-        cols[i] = ends[i] + m
-        keep[i] = len(ids) + m - 1
-        ids += slots[i].pending
-        rows += [i] * m
-        positions += range(ends[i], ends[i] + m)
+    groups = _prompt_groups([len(slots[i].pending) for i in starting], [ends[i] for i in starting])
+    prompts = []
+    for group in groups:
+        group_rows = [starting[j] for j in group]
+        lengths = [len(slots[i].pending) for i in group_rows]
+        first = len(ids)
+        for i, m in zip(group_rows, lengths):
+            cols[i] = ends[i] + m  # the row's pad goes past its prompt
+            keep[i] = len(ids) + m - 1
+            ids += slots[i].pending
+            rows += [i] * m
+            positions += range(ends[i], ends[i] + m)
+        prompts.append(_prompts(group_rows, lengths, [ends[i] for i in group_rows], first, device))
     cols += positions[len(slots) :]  # a prompt token's column is its position (compact rows)
     width = max(ends) + 1
     decode_mask = torch.arange(width, device=device)[None, :] <= torch.tensor(ends, device=device)[:, None]
-    packed = Packed(len(slots), decode_mask[:, None, None, :], _row_groups(ends), None, None, None, None)
-    if starting:
-        m = torch.tensor(lengths, device=device)
-        first = torch.cumsum(m, 0) - m  # each prompt's first token among the prefill tokens
-        block = torch.arange(int(m.max()), device=device)[None, :]
-        index = first[:, None] + torch.minimum(block, m[:, None] - 1)  # padding repeats the last token
-        start = torch.tensor([ends[i] for i in starting], device=device)
-        width = int((start + m).max())
-        columns = torch.arange(width, device=device)[None, None, :]
-        mask = columns <= (start[:, None] + torch.minimum(block, m[:, None] - 1))[:, :, None]
-        packed = packed._replace(
-            prefill_rows=torch.tensor(starting, device=device),
-            prefill_index=index,
-            prefill_real=block < m[:, None],
-            prefill_mask=mask[:, None],
-        )
+    packed = Packed(len(slots), decode_mask[:, None, None, :], _row_groups(ends), prompts)
     rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
     layers = [RowLayer(cache, k, rows_t, cols_t) for k in range(model.config.num_hidden_layers)]
     out = model(
@@ -507,6 +506,40 @@ def _step(
         packed=packed,
     )
     return out.logits[0].float()
+
+
+def _prompts(rows: list[int], lengths: list[int], ends: list[int], first: int, device) -> Prompts:
+    """Indices and masks of prompts laid out row after row from token `first` of the step's sequence; row j
+    has `lengths[j]` new tokens after its `ends[j]` columns."""
+    m = torch.tensor(lengths, device=device)
+    start = torch.tensor(ends, device=device)
+    block = torch.arange(int(m.max()), device=device)[None, :]
+    last = torch.minimum(block, m[:, None] - 1)  # padding repeats the row's last token
+    index = first + torch.cumsum(m, 0)[:, None] - m[:, None] + last
+    columns = torch.arange(int((start + m).max()), device=device)[None, None, :]
+    mask = columns <= (start[:, None] + last)[:, :, None]
+    return Prompts(torch.tensor(rows, device=device), index, block < m[:, None], mask[:, None])
+
+
+def _prompt_groups(lengths: list[int], ends: list[int]) -> list[list[int]]:
+    """The prompts (their new tokens and the columns before them) in one or two attention groups: sorted by
+    length and cut where the attention work (query tokens x columns, padded to the group's longest) is
+    least, counting GROUP_COST per extra call. A step's first prompts are long over short rows, its later
+    turns short over long rows: attended together, each pads to the other's size."""
+    if not lengths:
+        return []
+    order = sorted(range(len(lengths)), key=lambda j: (lengths[j], ends[j]))
+    tokens = [lengths[j] for j in order]  # ascending: a part's longest prompt is its last
+    widths = [lengths[j] + ends[j] for j in order]
+    before = list(accumulate(widths, max))  # the widest row among the first k + 1
+    after = list(accumulate(widths[::-1], max))[::-1]  # among those from k on
+    n = len(order)
+    best, cut = n * tokens[-1] * before[-1], n
+    for k in range(1, n):
+        cost = k * tokens[k - 1] * before[k - 1] + (n - k) * tokens[-1] * after[k] + GROUP_COST
+        if cost < best:
+            best, cut = cost, k
+    return [order[:cut], order[cut:]] if cut < len(order) else [order]
 
 
 def _pick(

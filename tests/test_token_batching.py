@@ -140,20 +140,28 @@ def test_deferred_prefill_changes_no_row(setup, monkeypatch, sampling):
 
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=["greedy", "sampled"])
 def test_grouped_attention_and_rows_by_length_change_no_row(setup, monkeypatch, sampling):
-    """Rows re-ordered by length at every step and each decode step's attention split into as many groups as
-    it allows: the turn engine's rows; the model attends with plain SDPA again afterwards."""
+    """Rows re-ordered by length at every step and each step's attention split into as many groups as it
+    allows (slots' tokens and prompts): the turn engine's rows; the model attends with plain SDPA again
+    afterwards."""
     reference, _ = _play(setup, run_episodes, sampling, 5)
     splits, reorders = [], []
     real_groups, real_reallocate = token_batching._row_groups, token_batching._reallocate
     monkeypatch.setattr(token_batching, "GROUP_COST", 0)
     monkeypatch.setattr(token_batching, "SORT_EVERY", 1)
     monkeypatch.setattr(token_batching, "_row_groups", lambda n: splits.append(real_groups(n)) or splits[-1])
+    prompt_splits, real_prompt_groups = [], token_batching._prompt_groups
+    monkeypatch.setattr(
+        token_batching,
+        "_prompt_groups",
+        lambda *a: prompt_splits.append(real_prompt_groups(*a)) or prompt_splits[-1],
+    )
     monkeypatch.setattr(
         token_batching, "_reallocate", lambda *a: reorders.append(a[1]) or real_reallocate(*a)
     )
     rows, _ = _play(setup, run_episodes_streaming, sampling, 5)
     assert rows == reference
     assert sum(len(groups) > 1 for groups in splits) >= 20  # steps whose attention was split
+    assert any(len(groups) > 1 for groups in prompt_splits)  # and steps whose prompts were
     assert any(keep != sorted(keep) for keep in reorders)  # rows were moved, not only dropped
     assert setup[0].config._attn_implementation == "sdpa"
 
@@ -166,6 +174,17 @@ def test_row_groups_split_only_when_it_saves_work(monkeypatch):
     assert all(w == max(lengths[a:b]) + 1 for a, b, w in groups)
     monkeypatch.setattr(token_batching, "GROUP_COST", 10_000)
     assert token_batching._row_groups(lengths) == [(0, 8, 201)]
+
+
+def test_prompt_groups_split_first_prompts_from_later_turns(monkeypatch):
+    """Three later turns (10 tokens over rows of 200) and a first prompt (30 tokens over 20): apart, unless an
+    extra attention call costs more than the padding saved; every prompt in exactly one group."""
+    lengths, ends = [30, 10, 10, 10], [20, 200, 180, 190]
+    groups = token_batching._prompt_groups(lengths, ends)
+    assert sorted(map(sorted, groups)) == [[0], [1, 2, 3]]
+    monkeypatch.setattr(token_batching, "GROUP_COST", 100_000)
+    assert [sorted(g) for g in token_batching._prompt_groups(lengths, ends)] == [[0, 1, 2, 3]]
+    assert token_batching._prompt_groups([], []) == []
 
 
 def test_the_checkpoints_generation_config_changes_no_token(setup):
