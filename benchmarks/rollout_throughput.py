@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument(
         "--naive-prompts", type=int, default=None, help="prompts for the slow naive loop (default: all)"
     )
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds of (a) then (c)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds of (a) and (c), in turn first")
     args = parser.parse_args()
     overrides = [f"model.name={args.model}", "env.shots=1"] if args.model else []
     recipe = load_recipe(args.recipe, overrides)

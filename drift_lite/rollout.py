@@ -77,12 +77,7 @@ class GumbelNoise:
     def next(self, vocab: int) -> torch.Tensor:
         """The next token's noise, [vocab]."""
         if self.used == self.rows:
-            self.rows = rows = max(1, min(self.max_tokens, NOISE_BLOCK_ENTRIES // vocab))
-            uniform = torch.rand((rows, vocab), generator=self.generator)
-            tiny = torch.finfo(torch.float32).tiny
-            # -log(-log(u)), in place (the same values as out of place, without four temporaries)
-            self.block = uniform.clamp_(min=tiny, max=1.0 - 1e-7).log_().neg_().log_().neg_()
-            self.used = 0
+            self._draw(vocab)
         self.used += 1
         return self.block[self.used - 1]
 
@@ -92,9 +87,17 @@ class GumbelNoise:
         if self.max_tokens * vocab > NOISE_BLOCK_ENTRIES:
             return None
         if self.block is None:
-            self.next(vocab)
-            self.used = 0
+            self._draw(vocab)
         return self.block
+
+    def _draw(self, vocab: int) -> None:
+        """The next block: as many tokens' noise as fit NOISE_BLOCK_ENTRIES, up to `max_tokens`."""
+        self.rows = max(1, min(self.max_tokens, NOISE_BLOCK_ENTRIES // vocab))
+        uniform = torch.rand((self.rows, vocab), generator=self.generator)
+        tiny = torch.finfo(torch.float32).tiny
+        # -log(-log(u)), in place (the same values as out of place, without four temporaries)
+        self.block = uniform.clamp_(min=tiny, max=1.0 - 1e-7).log_().neg_().log_().neg_()
+        self.used = 0
 
 
 class PerRowGumbelSampler(LogitsProcessor):
@@ -394,12 +397,14 @@ def play_episodes(
     prefix_cache: bool = True,
 ) -> dict:
     """Play episodes with an engine (the same rows either way): `token`, slots refilled between tokens
-    (`token_batching.run_episodes_streaming`), where every layer's cache keeps the whole context; else
-    `turn`, one `generate` per turn (`run_episodes`, with `prefix_cache`)."""
-    if engine == "token" and supports_prefix_cache(model):
+    (`token_batching.run_episodes_streaming`, for the models it can play); else `turn`, one `generate` per
+    turn (`run_episodes`, with `prefix_cache`)."""
+    if engine == "token":
         from drift_lite.token_batching import run_episodes_streaming  # it builds on this module
 
-        return run_episodes_streaming(model, tokenizer, jobs, sampling, batch_size, on_done, on_turn)
+        stats = run_episodes_streaming(model, tokenizer, jobs, sampling, batch_size, on_done, on_turn)
+        if stats is not None:
+            return stats
     return run_episodes(
         model, tokenizer, jobs, sampling, batch_size, on_done, on_turn, prefix_cache=prefix_cache
     )

@@ -12,11 +12,12 @@ module hand-writes the decode loop over a fixed number of slots, each with its o
   other slots a pad whose keys land past the row's end and are overwritten later), then the prompts of the
   slots starting a turn, each written after its own row's end. The model's projections and MLP run over
   exactly those tokens; attention is `packed_sdpa` (registered with transformers' `AttentionInterface`, the
-  model switched to it while the loop runs; a model whose attention is not pluggable plays with
-  `run_episodes` instead): the slots' tokens attend in up to four groups of neighbouring rows, each over
-  its own longest row rather than the batch's (rows are re-ordered by length when the attention saved pays
-  for the copy), the prompts causally over their own rows (long first prompts over short rows apart from
-  short later turns over long rows, when that saves more than a call costs);
+  model switched to it while the loop runs; a model whose attention is not pluggable is declined, and
+  `rollout.play_episodes` plays it with `run_episodes`): the slots' tokens attend in up to four groups of
+  neighbouring rows, each over its own longest row rather than the batch's (rows are re-ordered by length
+  when the attention saved pays for the copy), the prompts causally over their own rows (long first
+  prompts over short rows apart from short later turns over long rows, when that saves more than a call
+  costs);
 - prompts wait: a slot starting a turn idles (no token picked, no random draw) until `prefill_every` slots
   wait (default an eighth of the slots), no slot decodes, or the queue is empty, and they go in one step
   together (each step with prompts costs more than its tokens: the prompt attention, its indices). A first
@@ -60,7 +61,7 @@ from drift_lite.rollout import (
     Sampling,
     common_prefix,
     eos_ids,
-    run_episodes,
+    supports_prefix_cache,
     turn_key,
 )
 
@@ -211,8 +212,11 @@ def run_episodes_streaming(
     on_turn: Callable[[int, int], None] | None = None,
     slack: int = 64,
     prefill_every: int | None = None,
-) -> dict:
+) -> dict | None:
     """Play episodes to the end in `batch_size` slots, refilled token by token; same rows as `run_episodes`.
+    Returns None, taking no job, for a model it cannot play (a layer's cache keeps a window only, or
+    transformers cannot switch its attention to `packed_sdpa`); `rollout.play_episodes` then uses the turn
+    engine.
 
     `on_done(job)` is called as each episode ends. `on_turn(turns, tokens)` is called after each decode step
     in which turns ended, with the number of those turns and their generated tokens (the sums over all calls
@@ -225,10 +229,12 @@ def run_episodes_streaming(
     """
     every = max(1, batch_size // 8) if prefill_every is None else prefill_every
     model.eval()
+    if not supports_prefix_cache(model):  # a layer keeps a window only: rows cannot keep their whole context
+        return None
     original = model.config._attn_implementation
     model.set_attn_implementation(PACKED_SDPA)
     if model.config._attn_implementation != PACKED_SDPA:  # the model's attention is not pluggable
-        return run_episodes(model, tokenizer, jobs, sampling, batch_size, on_done, on_turn)
+        return None
     eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     sampler = None
@@ -293,12 +299,19 @@ def _render(slot: Slot, tokenizer, sampling: Sampling, rendered: dict[tuple, str
     key = tuple(tuple(message.items()) for message in messages)
     slot.prompt = rendered.get(key)
     if slot.prompt is None:
-        slot.prompt = rendered[key] = chat.render_prompt(tokenizer, messages)
-        if len(rendered) > RENDERED:
-            del rendered[next(iter(rendered))]  # the oldest
+        slot.prompt = _remember(rendered, key, chat.render_prompt(tokenizer, messages), RENDERED)
     slot.generated = []
     if not sampling.greedy:
         slot.noise = GumbelNoise(turn_key(slot.job), sampling.max_new_tokens)
+
+
+def _remember(memo: dict, key, value, limit: int):
+    """Put `value` in `memo` as its newest entry, dropping the oldest beyond `limit`; returns `value`."""
+    memo.pop(key, None)
+    memo[key] = value
+    if len(memo) > limit:
+        del memo[next(iter(memo))]
+    return value
 
 
 def _tokenize(slots: list[Slot | None], prompts: PromptTokenizer, openings: dict[str, Opening]) -> int:
@@ -381,7 +394,7 @@ def _forward(
     slots: list[Slot | None],
     pad: int,
     prefill: bool,
-    openings: dict[str, Opening] | None = None,
+    openings: dict[str, Opening],
 ) -> tuple[list[int], torch.Tensor, int]:
     """Feed the decoding slots' tokens and, if `prefill`, the waiting slots' prompts (a first prompt that
     several of them share, once) in one forward; copy openings into their rows. Returns the rows fed, the
@@ -424,12 +437,8 @@ def _forward(
             logits = slots[i].opening.logits.new_zeros(len(slots), slots[i].opening.logits.shape[-1])
         logits[i] = slots[i].opening.logits
         slots[i].opening = None
-    if openings is not None:
-        for text, opening in made.items():
-            openings.pop(text, None)
-            openings[text] = opening
-            if len(openings) > OPENINGS:
-                del openings[next(iter(openings))]  # the oldest
+    for text, opening in made.items():
+        _remember(openings, text, opening, OPENINGS)
     return sorted(decode + starting + ready + followers), logits, copied
 
 
@@ -443,7 +452,7 @@ def _install(cache: SlotCache, slot: Slot, row: int, opening: Opening) -> None:
 
 
 # First prompts kept (KV and logits): jobs come N per problem in a row, so a few cover the trajectories
-# still to start; each costs one prompt's KV over all layers (on a 7B model, ~15-60 MB).
+# still to start; each costs one prompt's KV: layers x 2 x kv_heads x head_dim x its tokens x bytes per value.
 OPENINGS = 16
 
 

@@ -19,10 +19,9 @@ from drift_lite.tasks import toy
 
 
 def toy_cell(prompt_id: str) -> tuple[str, str]:
-    """(class, family) of a toy problem id `toy-<family>-<index of the operand pair>`."""
-    _, family, index = prompt_id.split("-")
-    a, b = divmod(int(index), 90)
-    return toy.problem_class(a + 10, b + 10), family
+    """(class, family) of a toy problem id."""
+    family, a, b = toy.parse_id(prompt_id)
+    return toy.problem_class(a, b), family
 
 
 def summarize(path: str) -> None:

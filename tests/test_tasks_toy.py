@@ -199,3 +199,9 @@ def test_bad_split_or_size_is_a_user_error():
         toy.load("train", -1, 0)
     with pytest.raises(UserError, match="env.shots"):
         toy.worked_examples("add", 100_000)
+
+
+def test_an_id_gives_back_its_family_and_operands():
+    for problem in toy.load("train", 20, 0):
+        family, a, b = toy.parse_id(problem.id)
+        assert (family, a, b) == (problem.meta["toy_family"], problem.meta["a"], problem.meta["b"])

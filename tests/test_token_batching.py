@@ -1,6 +1,8 @@
 """The token-level engine: the same rows and counts as the turn-level engine (`rollout.run_episodes`) for any
 batch size, slots kept full, buffer reallocation, and `on_turn` totals."""
 
+import functools
+
 import pytest
 import torch
 from conftest import make_tiny_lm
@@ -8,7 +10,7 @@ from conftest import make_tiny_lm
 from drift_lite import chat, rollout, token_batching
 from drift_lite.env import EpisodeSettings
 from drift_lite.recipe import load_recipe
-from drift_lite.rollout import Sampling, load_shots, make_jobs, run_episodes
+from drift_lite.rollout import Sampling, load_shots, make_jobs, play_episodes, run_episodes
 from drift_lite.tasks import load_problems
 from drift_lite.tasks.base import ExactChecker
 from drift_lite.token_batching import run_episodes_streaming
@@ -228,12 +230,12 @@ def test_noise_drawn_row_by_row_and_prompts_rendered_once_change_no_row(setup, m
 
 
 def test_a_model_whose_attention_cannot_be_switched_plays_with_the_turn_engine(setup, monkeypatch):
-    """transformers cannot switch the model to `packed_sdpa`: the turn engine plays (the same rows); the
-    token engine's step never runs."""
+    """transformers cannot switch the model to `packed_sdpa`: the token engine declines and `play_episodes`
+    has the turn engine play (the same rows); the token engine's step never runs."""
     sampling = SAMPLINGS[1]
     reference, _ = _play(setup, run_episodes, sampling, 5)
     monkeypatch.setattr(type(setup[0]), "_can_set_attn_implementation", classmethod(lambda cls: False))
     steps = []
     monkeypatch.setattr(token_batching, "_step", lambda *a: steps.append(1))
-    rows, _ = _play(setup, run_episodes_streaming, sampling, 5)
+    rows, _ = _play(setup, functools.partial(play_episodes, engine="token"), sampling, 5)
     assert rows == reference and not steps

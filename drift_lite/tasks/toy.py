@@ -89,6 +89,13 @@ def _index(a: int, b: int) -> int:
     return (a - 10) * 90 + (b - 10)
 
 
+def parse_id(prompt_id: str) -> tuple[str, int, int]:
+    """(family, a, b) of a toy problem id `toy-<family>-<index of the operand pair>` (`make_problem`'s)."""
+    _, family, index = prompt_id.split("-")
+    a, b = divmod(int(index), 90)
+    return family, a + 10, b + 10
+
+
 def make_problem(family: str, a: int, b: int) -> Problem:
     """The problem of `family` for a + b (a, b two-digit, a + b < 100)."""
     meta = {"a": a, "b": b, "class": problem_class(a, b), "toy_family": family}
