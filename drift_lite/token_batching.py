@@ -8,16 +8,15 @@ module hand-writes the decode loop over a fixed number of slots, each with its o
   and nothing else counts. Each row grows on its own: a decoding slot writes its token's keys at its own
   end, a slot starting a turn writes its prompt's new tokens after its own end. No row pads another, so a
   forward attends over the longest conversation in the batch, not over a shared, growing width;
-- every step is one forward of one packed sequence: a token per slot (a decoding slot's last token; for the
-  other slots a pad whose keys land past the row's end and are overwritten later), then the prompts of the
-  slots starting a turn, each written after its own row's end. The model's projections and MLP run over
-  exactly those tokens; attention is `packed_sdpa` (registered with transformers' `AttentionInterface`, the
-  model switched to it while the loop runs; a model whose attention is not pluggable is declined, and
-  `rollout.play_episodes` plays it with `run_episodes`): the slots' tokens attend in up to four groups of
-  neighbouring rows, each over its own longest row rather than the batch's (rows are re-ordered by length
-  when the attention saved pays for the copy), the prompts causally over their own rows (long first
-  prompts over short rows apart from short later turns over long rows, when that saves more than a call
-  costs);
+- every step is one forward of one packed sequence: the decoding slots' tokens (one each; an idle slot
+  feeds nothing), then the prompts of the slots starting a turn, each written after its own row's end. The
+  model's projections and MLP run over exactly those tokens; attention is `packed_sdpa` (registered with
+  transformers' `AttentionInterface`, the model switched to it while the loop runs; a model whose attention
+  is not pluggable is declined, and `rollout.play_episodes` plays it with `run_episodes`): the decoding
+  tokens attend in up to four groups of neighbouring rows, each over its own longest decoding row rather
+  than the batch's (rows are re-ordered by length, in place, when the attention saved pays for the copy),
+  the prompts causally over their own rows (long first prompts over short rows apart from short later
+  turns over long rows, when that saves more than a call costs);
 - prompts wait: a slot starting a turn idles (no token picked, no random draw) until `prefill_every` slots
   wait (default an eighth of the slots), no slot decodes, or the queue is empty, and they go in one step
   together (each step with prompts costs more than its tokens: the prompt attention, its indices). A first
@@ -50,7 +49,7 @@ from typing import NamedTuple
 import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from drift_lite import chat
 from drift_lite.prompt_tokens import PromptTokenizer
@@ -108,6 +107,7 @@ class SlotCache:
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
     noise: torch.Tensor | None = None
+    spares: dict[torch.Size, torch.Tensor] = field(default_factory=dict)  # see `_permute`
 
 
 class RowLayer(DynamicLayer):
@@ -142,11 +142,11 @@ class Prompts(NamedTuple):
 
 
 class Packed(NamedTuple):
-    """One step's tokens, as `packed_sdpa` reads them: one sequence whose first `slots` tokens are one per
-    slot (a decoding slot's token, else a pad), then the prompts prefilled, group after group, row after
-    row."""
+    """One step's tokens, as `packed_sdpa` reads them: one sequence whose first tokens are the decoding
+    slots' (one each, in row order), then the prompts prefilled, group after group, row after row."""
 
     slots: int
+    decode: torch.Tensor | None  # [decoding] their rows; None when every row decodes (then in row order)
     decode_mask: torch.Tensor  # [slots, 1, 1, width]: a slot's token attends to the row's first len(fed)+1
     groups: list[tuple[int, int, int]]  # runs of slots `(first, end, width)` attending together
     prompts: list[Prompts]  # the prompts, in groups of similar shapes (long first prompts, short later ones)
@@ -175,26 +175,31 @@ def packed_sdpa(module, query, key, value, attention_mask, packed: Packed | None
     scale = kwargs.get("scaling")
     tokens = query[0].transpose(0, 1)  # [tokens, heads, head_dim]
     n, kv_heads, dim = packed.slots, key.shape[1], query.shape[-1]
-    # one query per slot: its heads grouped by the kv head they share (as `repeat_kv` pairs them)
-    queries = tokens[:n].reshape(n, kv_heads, -1, dim)
-    parts = [
-        sdpa(
-            queries[a:b],
-            key[a:b, :, :w],
-            value[a:b, :, :w],
-            attn_mask=packed.decode_mask[a:b, ..., :w],
-            scale=scale,
-        )
-        for a, b, w in packed.groups
-    ]
-    out = [torch.cat(parts).reshape(n, -1, dim)]
-    repeat = query.shape[1] // kv_heads
+    out = []
+    if packed.groups:
+        decoding = n if packed.decode is None else len(packed.decode)
+        queries = tokens[:decoding]
+        if packed.decode is not None:  # a query per row; the rows not decoding attend for nothing
+            queries = queries.new_zeros(n, *queries.shape[1:]).index_copy_(0, packed.decode, queries)
+        # one query per slot: its heads grouped by the kv head they share (as `repeat_kv` pairs them)
+        queries = queries.reshape(n, kv_heads, -1, dim)
+        parts = [
+            sdpa(
+                queries[a:b],
+                key[a:b, :, :w],
+                value[a:b, :, :w],
+                attn_mask=packed.decode_mask[a:b, ..., :w],
+                scale=scale,
+            )
+            for a, b, w in packed.groups
+        ]
+        attended = torch.cat(parts).reshape(n, -1, dim)
+        out.append(attended if packed.decode is None else attended[packed.decode])
     for group in packed.prompts:
         width = group.mask.shape[-1]
-        keys = repeat_kv(key[group.rows, :, :width], repeat)
-        values = repeat_kv(value[group.rows, :, :width], repeat)
         prompts = tokens[group.index].transpose(1, 2)  # [P, heads, L, head_dim]
-        attended = sdpa(prompts, keys, values, attn_mask=group.mask, scale=scale)
+        keys, values = key[group.rows, :, :width], value[group.rows, :, :width]
+        attended = sdpa(prompts, keys, values, attn_mask=group.mask, scale=scale, enable_gqa=True)
         out.append(attended.transpose(1, 2)[group.real])
     return torch.cat(out)[None], None
 
@@ -236,7 +241,6 @@ def run_episodes_streaming(
     if model.config._attn_implementation != PACKED_SDPA:  # the model's attention is not pluggable
         return None
     eos = eos_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     sampler = None
     if not sampling.greedy:  # its warpers and noise; each row's noise stream is its slot's
         sampler = PerRowGumbelSampler([], sampling.temperature, sampling.top_p, model.device)
@@ -257,7 +261,7 @@ def run_episodes_streaming(
                 decoding = sum(slot is not None and len(slot.pending) == 1 for slot in slots)
                 prefill = waiting > 0 and (waiting >= every or not decoding or not queue)
                 slots, cache = _make_room(slots, cache, slack, prefill, steps % SORT_EVERY == 0)
-                fed, logits, copied = _forward(model, cache, slots, pad, prefill, openings)
+                fed, logits, copied = _forward(model, cache, slots, prefill, openings)
                 cached += copied
                 steps += 1
                 picked = _pick(logits, fed, slots, sampler, cache).tolist()
@@ -338,16 +342,18 @@ def _make_room(
     slots: list[Slot | None], cache: SlotCache, slack: int, prefill: bool, sort: bool = False
 ) -> tuple[list[Slot | None], SlotCache]:
     """Reallocate the buffers when the next step (with its prefill or not) would overflow them (then with
-    room for it plus `slack` columns), a quarter of the slots are empty (those rows are dropped), or `sort`
-    and ordering the rows longest first saves more attention over SORT_HORIZON steps than the copy costs
-    (then neighbours attend over similar widths, see `packed_sdpa`)."""
+    room for it plus `slack` columns) or a quarter of the slots are empty (those rows are dropped); if `sort`
+    and ordering the rows longest first saves more attention over SORT_HORIZON steps than the copy costs,
+    re-order them (in place, or in the new buffers): neighbours then attend over similar widths (see
+    `packed_sdpa`)."""
     ends = [_end(s, prefill) for s in slots]
     empty = sum(slot is None for slot in slots)
     lengths = [len(s.fed) if s is not None else -1 for s in slots]
     if sort:
         ranked = sorted(lengths, reverse=True)
         saved = _groups_cost(_row_groups(lengths)) - _groups_cost(_row_groups(ranked))
-        sort = saved * SORT_HORIZON > 2 * sum(n for n in lengths if n > 0)
+        # the copy, estimated: every row's whole capacity moves, each column at half an attention read's cost
+        sort = saved * SORT_HORIZON > len(slots) * cache.capacity // 2
     overflow = max(ends) > cache.capacity
     if not overflow and 4 * empty < len(slots) and not sort:
         return slots, cache
@@ -355,19 +361,22 @@ def _make_room(
     if sort:
         keep.sort(key=lambda i: -lengths[i])
     kept = [slots[i] for i in keep]
+    if not overflow and len(keep) == len(slots):  # only re-ordered: the same shapes, rows moved in place
+        _permute(cache, keep)
+        return kept, cache
     capacity = max([ends[i] for i in keep], default=1) + slack if overflow else cache.capacity
     used = max([lengths[i] for i in keep], default=0)
     return kept, _reallocate(cache, keep, capacity, used)
 
 
 def _end(slot: Slot | None, prefill: bool) -> int:
-    """The columns a row needs for the next step: its own (or an opening's), then one for its token or pad,
-    after its prompt if it is prefilled (a prefilled row's pad goes past its prompt)."""
+    """The columns a row needs for the next step: its own (or an opening's), then one for its token, or its
+    prompt if it is prefilled."""
     if slot is None:
         return 1
     if slot.opening is not None:
         return len(slot.opening.ids) + 1
-    return len(slot.fed) + 1 + (len(slot.pending) if prefill and len(slot.pending) > 1 else 0)
+    return len(slot.fed) + (len(slot.pending) if prefill and len(slot.pending) > 1 else 1)
 
 
 def _reallocate(cache: SlotCache, keep: list[int], capacity: int, used: int) -> SlotCache:
@@ -388,17 +397,33 @@ def _reallocate(cache: SlotCache, keep: list[int], capacity: int, used: int) -> 
     return new
 
 
+def _permute(cache: SlotCache, order: list[int]) -> None:
+    """Re-order the rows in place (row i takes old row `order[i]`): each layer's buffer is gathered into a
+    spare one of its shape, which it then replaces (one spare per shape, not a second set of buffers)."""
+    if cache.noise is not None:
+        cache.noise = cache.noise[order]
+    if not cache.keys:
+        return
+    rows = torch.tensor(order, dtype=torch.long, device=cache.keys[0].device)
+    for buffers in (cache.keys, cache.values):
+        for k, buffer in enumerate(buffers):
+            spare = cache.spares.pop(buffer.shape, None)
+            if spare is None:
+                spare = torch.empty_like(buffer)
+            buffers[k] = torch.index_select(buffer, 0, rows, out=spare)
+            cache.spares[buffer.shape] = buffer
+
+
 def _forward(
     model,
     cache: SlotCache,
     slots: list[Slot | None],
-    pad: int,
     prefill: bool,
     openings: dict[str, Opening],
 ) -> tuple[list[int], torch.Tensor, int]:
     """Feed the decoding slots' tokens and, if `prefill`, the waiting slots' prompts (a first prompt that
     several of them share, once) in one forward; copy openings into their rows. Returns the rows fed, the
-    logits after each row's last token [slots, vocab] (rows not fed: arbitrary) and the prompt tokens copied
+    logits after each row's last token [slots, vocab] (rows not fed: zeros) and the prompt tokens copied
     rather than prefilled beyond those already counted. First prompts prefilled here are kept in `openings`
     (the latest OPENINGS)."""
     ready = [i for i, s in enumerate(slots) if s is not None and s.opening is not None]
@@ -415,7 +440,7 @@ def _forward(
                 else:
                     leader.setdefault(text, i)
                     starting.append(i)
-    logits = _step(model, cache, slots, decode, starting, pad) if decode or starting else None
+    logits = _step(model, cache, slots, decode, starting) if decode or starting else None
     for i in decode + starting:
         slots[i].fed += slots[i].pending
         slots[i].pending = []
@@ -474,19 +499,16 @@ def _groups_cost(groups: list[tuple[int, int, int]]) -> int:
 
 
 def _step(
-    model, cache: SlotCache, slots: list[Slot | None], decode: list[int], starting: list[int], pad: int
+    model, cache: SlotCache, slots: list[Slot | None], decode: list[int], starting: list[int]
 ) -> torch.Tensor:
-    """One forward: a token for every slot at its own end (a pad for slots not in `decode`: empty, waiting,
-    or prefilled now, whose pad goes past its prompt; a pad's keys land past the row's end and count for
-    nothing), then the prompts of `starting`, each at its row's end. Returns the logits after each slot's
-    last token [slots, vocab]."""
+    """One forward: the token of each slot in `decode` at its row's end, then the prompts of `starting`,
+    each at its row's end. Returns the logits after each fed row's last token [slots, vocab] (rows not fed:
+    zeros)."""
     device = model.device
     ends = [len(s.fed) if s is not None else 0 for s in slots]
-    ids, cols = [pad] * len(slots), list(ends)
-    for i in decode:
-        ids[i] = slots[i].pending[0]
-    keep = list(range(len(slots)))  # the token after which each slot's logits are read
-    rows, positions = list(range(len(slots))), list(ends)
+    ids = [slots[i].pending[0] for i in decode]
+    rows, positions = list(decode), [ends[i] for i in decode]
+    keep = list(range(len(decode)))  # the token after which each fed row's logits are read
     groups = _prompt_groups([len(slots[i].pending) for i in starting], [ends[i] for i in starting])
     prompts = []
     for group in groups:
@@ -494,27 +516,42 @@ def _step(
         lengths = [len(slots[i].pending) for i in group_rows]
         first = len(ids)
         for i, m in zip(group_rows, lengths):
-            cols[i] = ends[i] + m  # the row's pad goes past its prompt
-            keep[i] = len(ids) + m - 1
+            keep.append(len(ids) + m - 1)
             ids += slots[i].pending
             rows += [i] * m
             positions += range(ends[i], ends[i] + m)
         prompts.append(_prompts(group_rows, lengths, [ends[i] for i in group_rows], first, device))
-    cols += positions[len(slots) :]  # a prompt token's column is its position (compact rows)
-    width = max(ends) + 1
-    decode_mask = torch.arange(width, device=device)[None, :] <= torch.tensor(ends, device=device)[:, None]
-    packed = Packed(len(slots), decode_mask[:, None, None, :], _row_groups(ends), prompts)
-    rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
-    layers = [RowLayer(cache, k, rows_t, cols_t) for k in range(model.config.num_hidden_layers)]
+    fed = rows[: len(decode)] + [starting[j] for group in groups for j in group]  # keep's rows, in order
+    # the rows not decoding attend as if empty: their queries are dummies, their columns need no reading
+    lengths = [0] * len(slots)
+    for i in decode:
+        lengths[i] = ends[i]
+    width = max(lengths) + 1
+    every = len(decode) == len(slots)
+    steps = torch.tensor([ids, positions, rows], device=device)  # a prompt token's column is its position
+    decode_mask = torch.arange(width, device=device)[None, :] <= torch.tensor(lengths, device=device)[:, None]
+    packed = Packed(
+        len(slots),
+        None if every else steps[2, : len(decode)],
+        decode_mask[:, None, None, :],
+        _row_groups(lengths) if decode else [],
+        prompts,
+    )
+    layers = [RowLayer(cache, k, steps[2], steps[1]) for k in range(model.config.num_hidden_layers)]
     out = model(
-        input_ids=torch.tensor([ids], device=device),
-        position_ids=torch.tensor([positions], device=device),
+        input_ids=steps[None, 0],
+        position_ids=steps[None, 1],
         cache=Cache(layers=layers),
         use_cache=True,
         logits_to_keep=torch.tensor(keep, device=device),
         packed=packed,
     )
-    return out.logits[0].float()
+    logits = out.logits[0].float()
+    if every:  # every row decodes, in row order
+        return logits
+    full = logits.new_zeros(len(slots), logits.shape[-1])
+    full[torch.tensor(fed, device=device)] = logits
+    return full
 
 
 def _prompts(rows: list[int], lengths: list[int], ends: list[int], first: int, device) -> Prompts:
@@ -574,6 +611,7 @@ def _pick(
     for i, slot in zip(fed, fed_slots):
         if not slot.generated:  # a new turn: its noise into the slot's row
             cache.noise[i] = slot.noise.whole_turn(vocab)
-    steps = torch.tensor([len(slot.generated) for slot in fed_slots])
-    noise = cache.noise[torch.tensor(fed), steps].to(logits.device)
+    size = cache.noise.shape[1]  # row i's k-th token's noise is row i * size + k of the flattened table
+    at = torch.tensor([i * size + len(slot.generated) for i, slot in zip(fed, fed_slots)])
+    noise = cache.noise.view(-1, vocab).index_select(0, at).to(logits.device)
     return (sampler.warp(logits) + noise).argmax(-1)

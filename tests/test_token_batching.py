@@ -148,6 +148,7 @@ def test_grouped_attention_and_rows_by_length_change_no_row(setup, monkeypatch, 
     reference, _ = _play(setup, run_episodes, sampling, 5)
     splits, reorders = [], []
     real_groups, real_reallocate = token_batching._row_groups, token_batching._reallocate
+    real_permute = token_batching._permute
     monkeypatch.setattr(token_batching, "GROUP_COST", 0)
     monkeypatch.setattr(token_batching, "SORT_EVERY", 1)
     monkeypatch.setattr(token_batching, "_row_groups", lambda n: splits.append(real_groups(n)) or splits[-1])
@@ -160,11 +161,14 @@ def test_grouped_attention_and_rows_by_length_change_no_row(setup, monkeypatch, 
     monkeypatch.setattr(
         token_batching, "_reallocate", lambda *a: reorders.append(a[1]) or real_reallocate(*a)
     )
+    permuted = []
+    monkeypatch.setattr(token_batching, "_permute", lambda *a: permuted.append(a[1]) or real_permute(*a))
     rows, _ = _play(setup, run_episodes_streaming, sampling, 5)
     assert rows == reference
     assert sum(len(groups) > 1 for groups in splits) >= 20  # steps whose attention was split
     assert any(len(groups) > 1 for groups in prompt_splits)  # and steps whose prompts were
-    assert any(keep != sorted(keep) for keep in reorders)  # rows were moved, not only dropped
+    assert any(keep != sorted(keep) for keep in reorders + permuted)  # rows moved, not only dropped
+    assert permuted  # some in place (the buffers' shapes unchanged)
     assert setup[0].config._attn_implementation == "sdpa"
 
 
