@@ -35,7 +35,8 @@ def _overlap(a: str, b: str) -> bool:
 
 class PromptTokenizer:
     """`tokenizer(text, add_special_tokens=False)["input_ids"]` for prompts, with a memo
-    (a problem's N first prompts are one text) and the previous-prompt shortcut above."""
+    (a problem's N first prompts are one text; trajectories that gave the same answer share a tail) and the
+    previous-prompt shortcut above."""
 
     def __init__(self, tokenizer, memo_size: int = 4096):
         self.tokenizer = tokenizer
@@ -48,17 +49,16 @@ class PromptTokenizer:
     def encode(self, texts: list[str], previous: list[tuple[str, list[int]] | None]) -> list[list[int]]:
         """Ids of each text; `previous[i]`: the same conversation's previous prompt and its ids, or None."""
         plans = [self._plan(text, prev) for text, prev in zip(texts, previous)]
-        todo = []  # each distinct text to tokenize: a tail where a plan cuts, else the prompt unless memoized
-        for text, plan in zip(texts, plans):
-            if plan is not None or text not in self.memo:
-                todo.append(plan[1] if plan is not None else text)
-        todo = list(dict.fromkeys(todo))
+        # each distinct text to tokenize unless memoized: a tail where a plan cuts (the same answer and
+        # feedback give the same tail), else the prompt
+        todo = [plan[1] if plan is not None else text for text, plan in zip(texts, plans)]
+        todo = [text for text in dict.fromkeys(todo) if text not in self.memo]
         fresh = dict(zip(todo, self._call(todo))) if todo else {}
         out = []
         for text, plan in zip(texts, plans):
             if plan is not None:
                 head, tail, anchor = plan
-                ids = fresh[tail]
+                ids = fresh[tail] if tail in fresh else self.memo[tail]
                 if ids and ids[0] == anchor:
                     self.cut += 1
                     out.append(head + ids)
@@ -68,9 +68,7 @@ class PromptTokenizer:
             out.append(self.memo[text] if text in self.memo else fresh[text])
         if len(self.memo) > self.memo_size:
             self.memo.clear()
-        for text in texts:
-            if text in fresh:
-                self.memo[text] = fresh[text]
+        self.memo.update(fresh)
         return out
 
     def _plan(self, text: str, previous: tuple[str, list[int]] | None) -> tuple[list[int], str, int] | None:
