@@ -528,19 +528,19 @@ def _step(
         lengths[i] = ends[i]
     width = max(lengths) + 1
     every = len(decode) == len(slots)
-    steps = torch.tensor([ids, positions, rows], device=device)  # a prompt token's column is its position
+    seq = torch.tensor([ids, positions, rows], device=device)  # a token's column is its position
     decode_mask = torch.arange(width, device=device)[None, :] <= torch.tensor(lengths, device=device)[:, None]
     packed = Packed(
         len(slots),
-        None if every else steps[2, : len(decode)],
+        None if every else seq[2, : len(decode)],
         decode_mask[:, None, None, :],
         _row_groups(lengths) if decode else [],
         prompts,
     )
-    layers = [RowLayer(cache, k, steps[2], steps[1]) for k in range(model.config.num_hidden_layers)]
+    layers = [RowLayer(cache, k, seq[2], seq[1]) for k in range(model.config.num_hidden_layers)]
     out = model(
-        input_ids=steps[None, 0],
-        position_ids=steps[None, 1],
+        input_ids=seq[None, 0],
+        position_ids=seq[None, 1],
         cache=Cache(layers=layers),
         use_cache=True,
         logits_to_keep=torch.tensor(keep, device=device),

@@ -140,6 +140,31 @@ def test_deferred_prefill_changes_no_row(setup, monkeypatch, sampling):
         assert prefills[1] > 1.3 * prefills[2] > 1.3 * 1.3 * prefills[5]
 
 
+def test_a_step_feeds_only_the_decoding_tokens_and_the_prompts(setup, monkeypatch):
+    """Slots waiting for their prompt's step (and emptied ones) feed nothing: each forward's sequence is one
+    token per decoding slot plus the new prompt tokens, and steps with idle slots occur."""
+    model = setup[0]
+    expected, fed = [], []
+    real = token_batching._step
+
+    def counted(model, cache, slots, decode, starting):
+        idle = sum(s is not None for s in slots) - len(decode) - len(starting)
+        expected.append((len(decode) + sum(len(slots[i].pending) for i in starting), idle))
+        return real(model, cache, slots, decode, starting)
+
+    monkeypatch.setattr(token_batching, "_step", counted)
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        rows, _ = _play(setup, run_episodes_streaming, SAMPLINGS[1], 5, n=4, prefill_every=3)
+    finally:
+        hook.remove()
+    assert rows == _play(setup, run_episodes, SAMPLINGS[1], 5, n=4)[0]
+    assert fed == [tokens for tokens, _ in expected]
+    assert sum(idle > 0 for _, idle in expected) >= 5
+
+
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=["greedy", "sampled"])
 def test_grouped_attention_and_rows_by_length_change_no_row(setup, monkeypatch, sampling):
     """Rows re-ordered by length at every step and each step's attention split into as many groups as it
