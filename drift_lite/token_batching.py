@@ -107,7 +107,7 @@ class SlotCache:
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
     noise: torch.Tensor | None = None
-    spares: dict[torch.Size, torch.Tensor] = field(default_factory=dict)  # see `_permute`
+    spares: dict[tuple, torch.Tensor] = field(default_factory=dict)  # (shape, device): spare; `_permute`
 
 
 class RowLayer(DynamicLayer):
@@ -147,7 +147,7 @@ class Packed(NamedTuple):
 
     slots: int
     decode: torch.Tensor | None  # [decoding] their rows; None when every row decodes (then in row order)
-    decode_mask: torch.Tensor  # [slots, 1, 1, width]: a slot's token attends to the row's first len(fed)+1
+    decode_mask: torch.Tensor  # [slots, 1, 1, width]: a decoding slot's token attends to its first len(fed)+1
     groups: list[tuple[int, int, int]]  # runs of slots `(first, end, width)` attending together
     prompts: list[Prompts]  # the prompts, in groups of similar shapes (long first prompts, short later ones)
 
@@ -181,7 +181,7 @@ def packed_sdpa(module, query, key, value, attention_mask, packed: Packed | None
         queries = tokens[:decoding]
         if packed.decode is not None:  # a query per row; the rows not decoding attend for nothing
             queries = queries.new_zeros(n, *queries.shape[1:]).index_copy_(0, packed.decode, queries)
-        # one query per slot: its heads grouped by the kv head they share (as `repeat_kv` pairs them)
+        # one query per slot: its heads grouped by the kv head they share (head h reads kv head h // repeat)
         queries = queries.reshape(n, kv_heads, -1, dim)
         parts = [
             sdpa(
@@ -195,11 +195,15 @@ def packed_sdpa(module, query, key, value, attention_mask, packed: Packed | None
         ]
         attended = torch.cat(parts).reshape(n, -1, dim)
         out.append(attended if packed.decode is None else attended[packed.decode])
+    repeat = query.shape[1] // kv_heads
     for group in packed.prompts:
-        width = group.mask.shape[-1]
-        prompts = tokens[group.index].transpose(1, 2)  # [P, heads, L, head_dim]
+        (p, length), width = group.index.shape, group.mask.shape[-1]
+        # [P, kv_heads, repeat x L, head_dim]: a kv head's query heads one after the other, each over the
+        # prompt's tokens (so the causal mask repeats), against the row's keys without copying them per head
+        prompts = tokens[group.index].permute(0, 2, 1, 3).reshape(p, kv_heads, repeat * length, dim)
         keys, values = key[group.rows, :, :width], value[group.rows, :, :width]
-        attended = sdpa(prompts, keys, values, attn_mask=group.mask, scale=scale, enable_gqa=True)
+        mask = group.mask.repeat(1, 1, repeat, 1)
+        attended = sdpa(prompts, keys, values, attn_mask=mask, scale=scale).reshape(p, -1, length, dim)
         out.append(attended.transpose(1, 2)[group.real])
     return torch.cat(out)[None], None
 
@@ -352,7 +356,8 @@ def _make_room(
     if sort:
         ranked = sorted(lengths, reverse=True)
         saved = _groups_cost(_row_groups(lengths)) - _groups_cost(_row_groups(ranked))
-        # the copy, estimated: every row's whole capacity moves, each column at half an attention read's cost
+        # the copy's cost, an estimate (toy, 2 cores): every row's whole capacity moves, each column at half
+        # an attention read
         sort = saved * SORT_HORIZON > len(slots) * cache.capacity // 2
     overflow = max(ends) > cache.capacity
     if not overflow and 4 * empty < len(slots) and not sort:
@@ -398,20 +403,23 @@ def _reallocate(cache: SlotCache, keep: list[int], capacity: int, used: int) -> 
 
 
 def _permute(cache: SlotCache, order: list[int]) -> None:
-    """Re-order the rows in place (row i takes old row `order[i]`): each layer's buffer is gathered into a
-    spare one of its shape, which it then replaces (one spare per shape, not a second set of buffers)."""
+    """Re-order the rows in place (row i takes old row `order[i]`): each layer's buffer (and the noise table)
+    is gathered into a spare one of its shape, which it then replaces (one spare per shape, not a second set
+    of buffers)."""
+
+    def moved(buffer: torch.Tensor) -> torch.Tensor:
+        spare = cache.spares.pop((buffer.shape, buffer.device), None)
+        if spare is None:
+            spare = torch.empty_like(buffer)
+        rows = torch.tensor(order, dtype=torch.long, device=buffer.device)
+        cache.spares[(buffer.shape, buffer.device)] = buffer
+        return torch.index_select(buffer, 0, rows, out=spare)
+
     if cache.noise is not None:
-        cache.noise = cache.noise[order]
-    if not cache.keys:
-        return
-    rows = torch.tensor(order, dtype=torch.long, device=cache.keys[0].device)
+        cache.noise = moved(cache.noise)
     for buffers in (cache.keys, cache.values):
         for k, buffer in enumerate(buffers):
-            spare = cache.spares.pop(buffer.shape, None)
-            if spare is None:
-                spare = torch.empty_like(buffer)
-            buffers[k] = torch.index_select(buffer, 0, rows, out=spare)
-            cache.spares[buffer.shape] = buffer
+            buffers[k] = moved(buffer)
 
 
 def _forward(

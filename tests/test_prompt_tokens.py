@@ -72,6 +72,12 @@ def test_a_prompt_that_does_not_extend_the_previous_one_is_tokenized_whole():
     out = prompts.encode([second], [(first, _full(tokenizer, first))])
     assert out == [_full(tokenizer, second)] and prompts.cut == 1
     assert prompt_tokens.anchors(tokenizer)  # the toy tokenizer has anchors at all
+    # the same next turn again (another trajectory that gave the same answer): its tail is memoized
+    calls = []
+    real_call = prompts._call
+    prompts._call = lambda texts: calls.append(texts) or real_call(texts)
+    out = prompts.encode([second], [(first, _full(tokenizer, first))])
+    assert out == [_full(tokenizer, second)] and prompts.cut == 2 and calls == []
 
 
 def test_an_added_token_that_overlaps_itself_is_no_anchor():
