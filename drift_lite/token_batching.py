@@ -107,7 +107,7 @@ class SlotCache:
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
     noise: torch.Tensor | None = None
-    spares: dict[tuple, torch.Tensor] = field(default_factory=dict)  # (shape, device): spare; `_permute`
+    spares: dict[tuple, torch.Tensor] = field(default_factory=dict)  # (shape, dtype, device): `_permute`
 
 
 class RowLayer(DynamicLayer):
@@ -404,15 +404,16 @@ def _reallocate(cache: SlotCache, keep: list[int], capacity: int, used: int) -> 
 
 def _permute(cache: SlotCache, order: list[int]) -> None:
     """Re-order the rows in place (row i takes old row `order[i]`): each layer's buffer (and the noise table)
-    is gathered into a spare one of its shape, which it then replaces (one spare per shape, not a second set
-    of buffers)."""
+    is gathered into a spare one of its shape and dtype, which it then replaces (one spare per kind, not a
+    second set of buffers)."""
 
     def moved(buffer: torch.Tensor) -> torch.Tensor:
-        spare = cache.spares.pop((buffer.shape, buffer.device), None)
+        kind = (buffer.shape, buffer.dtype, buffer.device)
+        spare = cache.spares.pop(kind, None)
         if spare is None:
             spare = torch.empty_like(buffer)
         rows = torch.tensor(order, dtype=torch.long, device=buffer.device)
-        cache.spares[(buffer.shape, buffer.device)] = buffer
+        cache.spares[kind] = buffer
         return torch.index_select(buffer, 0, rows, out=spare)
 
     if cache.noise is not None:
