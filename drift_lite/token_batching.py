@@ -138,7 +138,8 @@ class Prompts(NamedTuple):
     rows: torch.Tensor  # [P] their cache rows
     index: torch.Tensor  # [P, L] each row's prompt tokens in the step's sequence (padded with its last one)
     real: torch.Tensor  # [P, L] True for a real token, False for padding
-    mask: torch.Tensor  # [P, 1, L, width] causal over the row's columns
+    mask: torch.Tensor  # [P, 1, repeat x L, width] causal over the row's columns, once per query head of a kv
+    # head (`packed_sdpa` stacks a kv head's query heads along the query axis)
 
 
 class Packed(NamedTuple):
@@ -160,9 +161,9 @@ GROUP_COST = 1024  # one more attention call, in row x column units of attention
 
 
 def packed_sdpa(module, query, key, value, attention_mask, packed: Packed | None = None, **kwargs):
-    """PyTorch SDPA over one step of the token engine (`packed`): the slots' tokens attend per group of rows
-    `(first, end, width)`, each over its own first `width` columns of the slot buffers (`key`, `value`:
-    [slots, kv_heads, capacity, head_dim]); the prompts prefilled attend causally over their rows.
+    """PyTorch SDPA over one step of the token engine (`packed`): the decoding slots' tokens attend per group
+    of rows `(first, end, width)`, each over its own first `width` columns of the slot buffers (`key`,
+    `value`: [slots, kv_heads, capacity, head_dim]); the prompts prefilled attend causally over their rows.
 
     One sequence carries every token of the step, so the model's projections and MLP run once over exactly
     those tokens (no padding), however many slots decode and prefill. Without `packed` (`generate`,
@@ -199,11 +200,10 @@ def packed_sdpa(module, query, key, value, attention_mask, packed: Packed | None
     for group in packed.prompts:
         (p, length), width = group.index.shape, group.mask.shape[-1]
         # [P, kv_heads, repeat x L, head_dim]: a kv head's query heads one after the other, each over the
-        # prompt's tokens (so the causal mask repeats), against the row's keys without copying them per head
+        # prompt's tokens (the mask repeats accordingly), against the row's keys without copying them per head
         prompts = tokens[group.index].permute(0, 2, 1, 3).reshape(p, kv_heads, repeat * length, dim)
         keys, values = key[group.rows, :, :width], value[group.rows, :, :width]
-        mask = group.mask.repeat(1, 1, repeat, 1)
-        attended = sdpa(prompts, keys, values, attn_mask=mask, scale=scale).reshape(p, -1, length, dim)
+        attended = sdpa(prompts, keys, values, attn_mask=group.mask, scale=scale).reshape(p, -1, length, dim)
         out.append(attended.transpose(1, 2)[group.real])
     return torch.cat(out)[None], None
 
@@ -513,7 +513,10 @@ def _step(
     """One forward: the token of each slot in `decode` at its row's end, then the prompts of `starting`,
     each at its row's end. Returns the logits after each fed row's last token [slots, vocab] (rows not fed:
     zeros)."""
-    device = model.device
+    device, config = model.device, model.config
+    repeat = config.num_attention_heads // (
+        getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    )
     ends = [len(s.fed) if s is not None else 0 for s in slots]
     ids = [slots[i].pending[0] for i in decode]
     rows, positions = list(decode), [ends[i] for i in decode]
@@ -529,8 +532,8 @@ def _step(
             ids += slots[i].pending
             rows += [i] * m
             positions += range(ends[i], ends[i] + m)
-        prompts.append(_prompts(group_rows, lengths, [ends[i] for i in group_rows], first, device))
-    fed = rows[: len(decode)] + [starting[j] for group in groups for j in group]  # keep's rows, in order
+        prompts.append(_prompts(group_rows, lengths, [ends[i] for i in group_rows], first, repeat, device))
+    fed = decode + [starting[j] for group in groups for j in group]  # the rows of `keep`, in order
     # the rows not decoding attend as if empty: their queries are dummies, their columns need no reading
     lengths = [0] * len(slots)
     for i in decode:
@@ -563,9 +566,12 @@ def _step(
     return full
 
 
-def _prompts(rows: list[int], lengths: list[int], ends: list[int], first: int, device) -> Prompts:
+def _prompts(
+    rows: list[int], lengths: list[int], ends: list[int], first: int, repeat: int, device
+) -> Prompts:
     """Indices and masks of prompts laid out row after row from token `first` of the step's sequence; row j
-    has `lengths[j]` new tokens after its `ends[j]` columns."""
+    has `lengths[j]` new tokens after its `ends[j]` columns; the mask once per query head of a kv head
+    (`repeat` of them), built here once for every layer."""
     m = torch.tensor(lengths, device=device)
     start = torch.tensor(ends, device=device)
     block = torch.arange(int(m.max()), device=device)[None, :]
@@ -573,7 +579,8 @@ def _prompts(rows: list[int], lengths: list[int], ends: list[int], first: int, d
     index = first + torch.cumsum(m, 0)[:, None] - m[:, None] + last
     columns = torch.arange(int((start + m).max()), device=device)[None, None, :]
     mask = columns <= (start[:, None] + last)[:, :, None]
-    return Prompts(torch.tensor(rows, device=device), index, block < m[:, None], mask[:, None])
+    stacked = mask[:, None].repeat(1, 1, repeat, 1)
+    return Prompts(torch.tensor(rows, device=device), index, block < m[:, None], stacked)
 
 
 def _prompt_groups(lengths: list[int], ends: list[int]) -> list[list[int]]:
@@ -613,8 +620,8 @@ def _pick(
     fed_slots = [slots[i] for i in fed]
     vocab = logits.shape[-1]
     if cache.noise is None and fed_slots[0].noise.whole_turn(vocab) is not None:
-        size = fed_slots[0].noise.max_tokens
-        cache.noise = logits.new_zeros(cache.rows, size, vocab, device=torch.device("cpu"))
+        turn = fed_slots[0].noise.max_tokens
+        cache.noise = logits.new_zeros(cache.rows, turn, vocab, device=torch.device("cpu"))
     if cache.noise is None:
         return sampler.add_noise(logits, [slot.noise for slot in fed_slots]).argmax(-1)
     for i, slot in zip(fed, fed_slots):
