@@ -40,6 +40,7 @@ rows while no two logits tie to float-rounding precision.
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -261,8 +262,12 @@ def run_episodes_streaming(
     try:
         with torch.inference_mode():
             while any(slot is not None for slot in slots):
-                waiting = sum(slot is not None and len(slot.pending) > 1 for slot in slots)
-                decoding = sum(slot is not None and len(slot.pending) == 1 for slot in slots)
+                waiting = decoding = 0
+                for slot in slots:
+                    if slot is not None and len(slot.pending) == 1:
+                        decoding += 1
+                    elif slot is not None and slot.pending:
+                        waiting += 1
                 prefill = waiting > 0 and (waiting >= every or not decoding or not queue)
                 slots, cache = _make_room(slots, cache, slack, prefill, steps % SORT_EVERY == 0)
                 fed, logits, copied = _forward(model, cache, slots, prefill, openings)
@@ -350,9 +355,19 @@ def _make_room(
     and ordering the rows longest first saves more attention over SORT_HORIZON steps than the copy costs,
     re-order them (in place, or in the new buffers): neighbours then attend over similar widths (see
     `packed_sdpa`)."""
-    ends = [_end(s, prefill) for s in slots]
-    empty = sum(slot is None for slot in slots)
-    lengths = [len(s.fed) if s is not None else -1 for s in slots]
+    ends, lengths = [], []  # the columns each row needs for the next step; each row's own (-1: empty)
+    for slot in slots:
+        if slot is None:
+            ends.append(1)
+            lengths.append(-1)
+            continue
+        n = len(slot.fed)
+        lengths.append(n)
+        if slot.opening is not None:
+            ends.append(len(slot.opening.ids) + 1)
+        else:
+            ends.append(n + (len(slot.pending) if prefill and len(slot.pending) > 1 else 1))
+    empty = lengths.count(-1)
     if sort:
         ranked = sorted(lengths, reverse=True)
         saved = _groups_cost(_row_groups(lengths)) - _groups_cost(_row_groups(ranked))
@@ -374,16 +389,6 @@ def _make_room(
     return kept, _reallocate(cache, keep, capacity, used)
 
 
-def _end(slot: Slot | None, prefill: bool) -> int:
-    """The columns a row needs for the next step: its own (or an opening's), then one for its token, or its
-    prompt if it is prefilled."""
-    if slot is None:
-        return 1
-    if slot.opening is not None:
-        return len(slot.opening.ids) + 1
-    return len(slot.fed) + (len(slot.pending) if prefill and len(slot.pending) > 1 else 1)
-
-
 def _reallocate(cache: SlotCache, keep: list[int], capacity: int, used: int) -> SlotCache:
     """New buffers with rows `keep` of the old ones (their first `used` columns) and `capacity` columns."""
     new = SlotCache(len(keep), capacity)
@@ -391,7 +396,7 @@ def _reallocate(cache: SlotCache, keep: list[int], capacity: int, used: int) -> 
         new.noise = cache.noise[keep]
     if not cache.keys:
         return new
-    rows = torch.tensor(keep, dtype=torch.long, device=cache.keys[0].device)
+    rows = _longs(keep, cache.keys[0].device)
     width = min(cache.capacity, capacity, used)
     for old_list, new_list in ((cache.keys, new.keys), (cache.values, new.values)):
         for old in old_list:
@@ -412,7 +417,7 @@ def _permute(cache: SlotCache, order: list[int]) -> None:
         spare = cache.spares.pop(kind, None)
         if spare is None:
             spare = torch.empty_like(buffer)
-        rows = torch.tensor(order, dtype=torch.long, device=buffer.device)
+        rows = _longs(order, buffer.device)
         cache.spares[kind] = buffer
         return torch.index_select(buffer, 0, rows, out=spare)
 
@@ -435,20 +440,23 @@ def _forward(
     logits after each row's last token [slots, vocab] (rows not fed: zeros) and the prompt tokens copied
     rather than prefilled beyond those already counted. First prompts prefilled here are kept in `openings`
     (the latest OPENINGS)."""
-    ready = [i for i, s in enumerate(slots) if s is not None and s.opening is not None]
+    ready, decode, starting, followers, leader = [], [], [], [], {}
+    for i, s in enumerate(slots):
+        if s is None:
+            continue
+        if s.opening is not None:  # a first prompt computed before: copied into the row
+            ready.append(i)
+        elif len(s.pending) == 1:
+            decode.append(i)
+        elif prefill and s.pending:
+            text = s.first_prompt
+            if text is not None and text in leader:
+                followers.append(i)  # the same first prompt as a slot prefilled now: copied after
+            else:
+                leader.setdefault(text, i)
+                starting.append(i)
     for i in ready:
         _install(cache, slots[i], i, slots[i].opening)
-    decode = [i for i, s in enumerate(slots) if s is not None and len(s.pending) == 1]
-    starting, followers, leader = [], [], {}
-    if prefill:
-        for i, s in enumerate(slots):
-            if s is not None and len(s.pending) > 1:
-                text = s.first_prompt
-                if text is not None and text in leader:
-                    followers.append(i)  # the same first prompt as a slot prefilled now: copied after
-                else:
-                    leader.setdefault(text, i)
-                    starting.append(i)
     logits = _step(model, cache, slots, decode, starting) if decode or starting else None
     for i in decode + starting:
         slots[i].fed += slots[i].pending
@@ -517,31 +525,31 @@ def _step(
     repeat = config.num_attention_heads // (
         getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     )
-    ends = [len(s.fed) if s is not None else 0 for s in slots]
     ids = [slots[i].pending[0] for i in decode]
-    rows, positions = list(decode), [ends[i] for i in decode]
+    rows, positions = list(decode), [len(slots[i].fed) for i in decode]  # a row's end: its token's column
+    # the rows not decoding attend as if empty: their queries are dummies, their columns need no reading
+    lengths = [0] * len(slots)
+    for i, end in zip(decode, positions):
+        lengths[i] = end
     keep = list(range(len(decode)))  # the token after which each fed row's logits are read
-    groups = _prompt_groups([len(slots[i].pending) for i in starting], [ends[i] for i in starting])
+    ends = [len(slots[i].fed) for i in starting]
+    groups = _prompt_groups([len(slots[i].pending) for i in starting], ends)
     prompts = []
     for group in groups:
         group_rows = [starting[j] for j in group]
-        lengths = [len(slots[i].pending) for i in group_rows]
+        sizes = [len(slots[i].pending) for i in group_rows]
         first = len(ids)
-        for i, m in zip(group_rows, lengths):
+        for i, j, m in zip(group_rows, group, sizes):
             keep.append(len(ids) + m - 1)
             ids += slots[i].pending
             rows += [i] * m
-            positions += range(ends[i], ends[i] + m)
-        prompts.append(_prompts(group_rows, lengths, [ends[i] for i in group_rows], first, repeat, device))
+            positions += range(ends[j], ends[j] + m)
+        prompts.append(_prompts(group_rows, sizes, [ends[j] for j in group], first, repeat, device))
     fed = decode + [starting[j] for group in groups for j in group]  # the rows of `keep`, in order
-    # the rows not decoding attend as if empty: their queries are dummies, their columns need no reading
-    lengths = [0] * len(slots)
-    for i in decode:
-        lengths[i] = ends[i]
     width = max(lengths) + 1
     every = len(decode) == len(slots)
-    seq = torch.tensor([ids, positions, rows], device=device)  # a token's column is its position
-    decode_mask = torch.arange(width, device=device)[None, :] <= torch.tensor(lengths, device=device)[:, None]
+    seq = _longs(ids + positions + rows, device).view(3, -1)  # a token's column is its position
+    decode_mask = torch.arange(width, device=device)[None, :] <= _longs(lengths, device)[:, None]
     packed = Packed(
         len(slots),
         None if every else seq[2, : len(decode)],
@@ -555,14 +563,14 @@ def _step(
         position_ids=seq[None, 1],
         cache=Cache(layers=layers),
         use_cache=True,
-        logits_to_keep=torch.tensor(keep, device=device),
+        logits_to_keep=_longs(keep, device),
         packed=packed,
     )
     logits = out.logits[0].float()
     if every:  # every row decodes, in row order
         return logits
     full = logits.new_zeros(len(slots), logits.shape[-1])
-    full[torch.tensor(fed, device=device)] = logits
+    full[_longs(fed, device)] = logits
     return full
 
 
@@ -572,15 +580,22 @@ def _prompts(
     """Indices and masks of prompts laid out row after row from token `first` of the step's sequence; row j
     has `lengths[j]` new tokens after its `ends[j]` columns; the mask once per query head of a kv head
     (`repeat` of them), built here once for every layer."""
-    m = torch.tensor(lengths, device=device)
-    start = torch.tensor(ends, device=device)
+    m, start = _longs(lengths + ends, device).view(2, -1)
     block = torch.arange(int(m.max()), device=device)[None, :]
     last = torch.minimum(block, m[:, None] - 1)  # padding repeats the row's last token
     index = first + torch.cumsum(m, 0)[:, None] - m[:, None] + last
     columns = torch.arange(int((start + m).max()), device=device)[None, None, :]
     mask = columns <= (start[:, None] + last)[:, :, None]
     stacked = mask[:, None].repeat(1, 1, repeat, 1)
-    return Prompts(torch.tensor(rows, device=device), index, block < m[:, None], stacked)
+    return Prompts(_longs(rows, device), index, block < m[:, None], stacked)
+
+
+def _longs(values: list[int], device) -> torch.Tensor:
+    """A 1-D int64 tensor of `values`, read as one buffer (`array`): `torch.tensor` inspects a list element by
+    element, several times slower on the index lists every step builds."""
+    if not values:
+        return torch.empty(0, dtype=torch.long, device=device)
+    return torch.frombuffer(array("q", values), dtype=torch.long).to(device)
 
 
 def _prompt_groups(lengths: list[int], ends: list[int]) -> list[list[int]]:
@@ -614,20 +629,22 @@ def _pick(
     """The next token of each slot in `fed`: argmax, or argmax of warped logits plus its turn's Gumbel noise
     (from `cache.noise` when a turn's noise is one block: a slot's is copied there at its turn's first token;
     else drawn row by row)."""
-    logits = logits[fed]
+    if len(fed) < logits.shape[0]:  # else every row was fed (`fed` is sorted)
+        logits = logits[_longs(fed, logits.device)]
     if sampler is None:
         return logits.argmax(-1)
-    fed_slots = [slots[i] for i in fed]
     vocab = logits.shape[-1]
-    if cache.noise is None and fed_slots[0].noise.whole_turn(vocab) is not None:
-        turn = fed_slots[0].noise.max_tokens
-        cache.noise = logits.new_zeros(cache.rows, turn, vocab, device=torch.device("cpu"))
+    first = slots[fed[0]].noise
+    if cache.noise is None and first.whole_turn(vocab) is not None:
+        cache.noise = logits.new_zeros(cache.rows, first.max_tokens, vocab, device=torch.device("cpu"))
     if cache.noise is None:
-        return sampler.add_noise(logits, [slot.noise for slot in fed_slots]).argmax(-1)
-    for i, slot in zip(fed, fed_slots):
+        return sampler.add_noise(logits, [slots[i].noise for i in fed]).argmax(-1)
+    size = cache.noise.shape[1]  # row i's k-th token's noise is row i * size + k of the flattened table
+    at = []
+    for i in fed:
+        slot = slots[i]
         if not slot.generated:  # a new turn: its noise into the slot's row
             cache.noise[i] = slot.noise.whole_turn(vocab)
-    size = cache.noise.shape[1]  # row i's k-th token's noise is row i * size + k of the flattened table
-    at = torch.tensor([i * size + len(slot.generated) for i, slot in zip(fed, fed_slots)])
-    noise = cache.noise.view(-1, vocab).index_select(0, at).to(logits.device)
+        at.append(i * size + len(slot.generated))
+    noise = cache.noise.view(-1, vocab).index_select(0, _longs(at, cache.noise.device)).to(logits.device)
     return (sampler.warp(logits) + noise).argmax(-1)

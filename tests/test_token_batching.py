@@ -207,6 +207,20 @@ def test_row_groups_split_only_when_it_saves_work(monkeypatch):
     assert token_batching._row_groups(lengths) == [(0, 8, 201)]
 
 
+def test_index_lists_become_int64_tensors_that_outlive_their_buffer():
+    """`_longs` reads a list as one buffer: the same values as `torch.tensor`, an empty list included, and the
+    tensor keeps its values after the list (and the array it was read through) are gone."""
+    values = [0, 7, -3, 2**40]
+    made = token_batching._longs(list(values), "cpu")
+    assert made.dtype == torch.long and made.tolist() == values
+    assert torch.equal(made, torch.tensor(values))
+    empty = token_batching._longs([], "cpu")
+    assert empty.dtype == torch.long and empty.shape == (0,)
+    kept = [token_batching._longs(list(range(k, k + 50)), "cpu") for k in range(20)]
+    _ = [list(range(1000)) for _ in range(200)]  # churn the allocator
+    assert all(t.tolist() == list(range(k, k + 50)) for k, t in enumerate(kept))
+
+
 def test_prompt_groups_split_first_prompts_from_later_turns(monkeypatch):
     """Three later turns (10 tokens over rows of 200) and a first prompt (30 tokens over 20): apart, unless an
     extra attention call costs more than the padding saved; every prompt in exactly one group."""
