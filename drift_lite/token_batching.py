@@ -17,6 +17,9 @@ module hand-writes the decode loop over a fixed number of slots, each with its o
   than the batch's (rows are re-ordered by length, in place, when the attention saved pays for the copy),
   the prompts causally over their own rows (long first prompts over short rows apart from short later
   turns over long rows, when that saves more than a call costs);
+- the forward chains the decoder's own parts (embeddings, rotary embeddings, decoder layers, norm, head)
+  without the model's top-level wrappers, once its first step gave `model(...)`'s logits bit for bit
+  (`ModelForward`; otherwise every step calls `model(...)`);
 - prompts wait: a slot starting a turn idles (no token picked, no random draw) until `prefill_every` slots
   wait (default an eighth of the slots), no slot decodes, or the queue is empty, and they go in one step
   together (each step with prompts costs more than its tokens: the prompt attention, its indices). A first
@@ -154,6 +157,65 @@ class Packed(NamedTuple):
     prompts: list[Prompts]  # the prompts, in groups of similar shapes (long first prompts, short later ones)
 
 
+class ModelForward:
+    """A step's forward: logits at the kept tokens ([1, kept, vocab]) of a packed sequence.
+
+    It runs the decoder's parts itself (embeddings, rotary embeddings, transformers' own decoder layers, the
+    final norm and `lm_head` on the kept tokens), as the model's top-level forward chains them, once a first
+    step has given the same logits bit for bit as `model(...)`; else (a model that adds anything there, e.g.
+    scaled embeddings or capped logits, or lacks those parts) `model(...)` itself. Why: on a small model the
+    top-level forward's wrappers (output capture, argument plumbing, a causal mask `packed_sdpa` never reads)
+    are a noticeable part of a decode step's cost, paid at every step.
+    """
+
+    PARTS = ("embed_tokens", "rotary_emb", "layers", "norm")
+
+    def __init__(self, model):
+        self.model = model
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+        known = decoder is not None and all(hasattr(decoder, part) for part in self.PARTS)
+        self.head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        self.decoder = decoder if known and self.head is not None else None
+        self.direct: bool | None = None if self.decoder is not None else False  # None: not checked yet
+
+    def __call__(self, ids, positions, cache: Cache, keep: torch.Tensor, packed: Packed) -> torch.Tensor:
+        """Logits after the tokens `keep` of the sequence `ids` at `positions` (both [1, tokens])."""
+        if self.direct:
+            return self._decoder(ids, positions, cache, keep, packed)
+        if self.direct is None:  # both write the same keys and values; the model's own run comes last
+            try:
+                mine = self._decoder(ids, positions, cache, keep, packed)
+            except Exception:  # parts that do not chain as assumed: the model's own forward from now on
+                mine = None
+        theirs = self.model(
+            input_ids=ids,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=keep,
+            packed=packed,
+        ).logits
+        if self.direct is None:
+            self.direct = mine is not None and torch.equal(mine, theirs)
+        return theirs
+
+    def _decoder(self, ids, positions, cache: Cache, keep: torch.Tensor, packed: Packed) -> torch.Tensor:
+        decoder = self.decoder
+        hidden = decoder.embed_tokens(ids)
+        rotary = decoder.rotary_emb(hidden, positions)
+        for layer in decoder.layers[: self.model.config.num_hidden_layers]:
+            hidden = layer(
+                hidden,
+                attention_mask=None,
+                position_embeddings=rotary,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                packed=packed,
+            )
+        return self.head(decoder.norm(hidden)[:, keep])
+
+
 PACKED_SDPA = "drift_lite_packed_sdpa"
 SORT_EVERY = 32  # decode steps between two checks whether re-ordering the rows by length pays
 SORT_HORIZON = 32  # steps an order is expected to stay useful: re-order when the attention it saves over
@@ -246,6 +308,7 @@ def run_episodes_streaming(
     if model.config._attn_implementation != PACKED_SDPA:  # the model's attention is not pluggable
         return None
     eos = eos_ids(model, tokenizer)
+    forward = ModelForward(model)
     sampler = None
     if not sampling.greedy:  # its warpers and noise; each row's noise stream is its slot's
         sampler = PerRowGumbelSampler([], sampling.temperature, sampling.top_p, model.device)
@@ -270,7 +333,7 @@ def run_episodes_streaming(
                         waiting += 1
                 prefill = waiting > 0 and (waiting >= every or not decoding or not queue)
                 slots, cache = _make_room(slots, cache, slack, prefill, steps % SORT_EVERY == 0)
-                fed, logits, copied = _forward(model, cache, slots, prefill, openings)
+                fed, logits, copied = _forward(forward, cache, slots, prefill, openings)
                 cached += copied
                 steps += 1
                 picked = _pick(logits, fed, slots, sampler, cache).tolist()
@@ -429,7 +492,7 @@ def _permute(cache: SlotCache, order: list[int]) -> None:
 
 
 def _forward(
-    model,
+    forward: ModelForward,
     cache: SlotCache,
     slots: list[Slot | None],
     prefill: bool,
@@ -457,7 +520,7 @@ def _forward(
                 starting.append(i)
     for i in ready:
         _install(cache, slots[i], i, slots[i].opening)
-    logits = _step(model, cache, slots, decode, starting) if decode or starting else None
+    logits = _step(forward, cache, slots, decode, starting) if decode or starting else None
     for i in decode + starting:
         slots[i].fed += slots[i].pending
         slots[i].pending = []
@@ -516,12 +579,12 @@ def _groups_cost(groups: list[tuple[int, int, int]]) -> int:
 
 
 def _step(
-    model, cache: SlotCache, slots: list[Slot | None], decode: list[int], starting: list[int]
+    forward: ModelForward, cache: SlotCache, slots: list[Slot | None], decode: list[int], starting: list[int]
 ) -> torch.Tensor:
     """One forward: the token of each slot in `decode` at its row's end, then the prompts of `starting`,
     each at its row's end. Returns the logits after each fed row's last token [slots, vocab] (rows not fed:
     zeros)."""
-    device, config = model.device, model.config
+    device, config = forward.model.device, forward.model.config
     repeat = config.num_attention_heads // (
         getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     )
@@ -557,16 +620,10 @@ def _step(
         _row_groups(lengths) if decode else [],
         prompts,
     )
-    layers = [RowLayer(cache, k, seq[2], seq[1]) for k in range(model.config.num_hidden_layers)]
-    out = model(
-        input_ids=seq[None, 0],
-        position_ids=seq[None, 1],
-        cache=Cache(layers=layers),
-        use_cache=True,
-        logits_to_keep=_longs(keep, device),
-        packed=packed,
-    )
-    logits = out.logits[0].float()
+    layers = [RowLayer(cache, k, seq[2], seq[1]) for k in range(config.num_hidden_layers)]
+    logits = forward(seq[None, 0], seq[None, 1], Cache(layers=layers), _longs(keep, device), packed)[
+        0
+    ].float()
     if every:  # every row decodes, in row order
         return logits
     full = logits.new_zeros(len(slots), logits.shape[-1])

@@ -143,7 +143,6 @@ def test_deferred_prefill_changes_no_row(setup, monkeypatch, sampling):
 def test_a_step_feeds_only_the_decoding_tokens_and_the_prompts(setup, monkeypatch):
     """Slots waiting for their prompt's step (and emptied ones) feed nothing: each forward's sequence is one
     token per decoding slot plus the new prompt tokens, and steps with idle slots occur."""
-    model = setup[0]
     expected, fed = [], []
     real = token_batching._step
 
@@ -152,14 +151,14 @@ def test_a_step_feeds_only_the_decoding_tokens_and_the_prompts(setup, monkeypatc
         expected.append((len(decode) + sum(len(slots[i].pending) for i in starting), idle))
         return real(model, cache, slots, decode, starting)
 
+    def forward(self, ids, *args):
+        fed.append(ids.shape[1])
+        return real_forward(self, ids, *args)
+
+    real_forward = token_batching.ModelForward.__call__
     monkeypatch.setattr(token_batching, "_step", counted)
-    hook = model.register_forward_pre_hook(
-        lambda _, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True
-    )
-    try:
-        rows, _ = _play(setup, run_episodes_streaming, SAMPLINGS[1], 5, n=4, prefill_every=3)
-    finally:
-        hook.remove()
+    monkeypatch.setattr(token_batching.ModelForward, "__call__", forward)
+    rows, _ = _play(setup, run_episodes_streaming, SAMPLINGS[1], 5, n=4, prefill_every=3)
     assert rows == _play(setup, run_episodes, SAMPLINGS[1], 5, n=4)[0]
     assert fed == [tokens for tokens, _ in expected]
     assert sum(idle > 0 for _, idle in expected) >= 5
@@ -282,3 +281,49 @@ def test_a_model_whose_attention_cannot_be_switched_plays_with_the_turn_engine(s
     monkeypatch.setattr(token_batching, "_step", lambda *a: steps.append(1))
     rows, _ = _play(setup, functools.partial(play_episodes, engine="token"), sampling, 5)
     assert rows == reference and not steps
+
+
+def test_the_decoder_runs_directly_after_one_step_checked_against_the_models_forward(setup):
+    """The model's own forward runs once (the first step, checked bit for bit against the decoder's parts run
+    directly); every later step runs the parts; the rows are the turn engine's."""
+    sampling = SAMPLINGS[1]
+    reference, _ = _play(setup, run_episodes, sampling, 5)
+    calls = []
+    hook = setup[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        rows, stats = _play(setup, run_episodes_streaming, sampling, 5)
+    finally:
+        hook.remove()
+    assert rows == reference
+    assert len(calls) == 1 and stats["turns"] > 4
+
+
+def test_a_model_whose_forward_adds_to_the_logits_keeps_its_own_forward(setup, monkeypatch):
+    """A forward that does more than chain the decoder's parts (here: a bias on every logit row) fails the
+    first step's check: every step then runs `model(...)`, and the rows are the turn engine's with that bias,
+    which differ from the unbiased ones."""
+    sampling = SAMPLINGS[0]
+    model = setup[0]
+    plain, _ = _play(setup, run_episodes, sampling, 5)
+    bias = torch.zeros(model.config.vocab_size)
+    bias[setup[1].convert_tokens_to_ids("7")] = 4.0  # the character tokenizer: '7' is one token
+    real = model.forward
+
+    def biased(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out.logits = out.logits + bias
+        return out
+
+    monkeypatch.setattr(model, "forward", biased)
+    reference, _ = _play(setup, run_episodes, sampling, 5)
+    assert reference != plain
+    steps, calls = [], []
+    step = token_batching._step
+    monkeypatch.setattr(token_batching, "_step", lambda *a: steps.append(1) or step(*a))
+    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        rows, _ = _play(setup, run_episodes_streaming, sampling, 5)
+    finally:
+        hook.remove()
+    assert rows == reference
+    assert len(calls) == len(steps) > 1
