@@ -200,6 +200,7 @@ class ModelForward:
         return theirs
 
     def _decoder(self, ids, positions, cache: Cache, keep: torch.Tensor, packed: Packed) -> torch.Tensor:
+        """The decoder's parts chained as the model's top-level forward chains them, on the kept tokens."""
         decoder = self.decoder
         hidden = decoder.embed_tokens(ids)
         rotary = decoder.rotary_emb(hidden, positions)
@@ -621,9 +622,8 @@ def _step(
         prompts,
     )
     layers = [RowLayer(cache, k, seq[2], seq[1]) for k in range(config.num_hidden_layers)]
-    logits = forward(seq[None, 0], seq[None, 1], Cache(layers=layers), _longs(keep, device), packed)[
-        0
-    ].float()
+    out = forward(seq[None, 0], seq[None, 1], Cache(layers=layers), _longs(keep, device), packed)
+    logits = out[0].float()
     if every:  # every row decodes, in row order
         return logits
     full = logits.new_zeros(len(slots), logits.shape[-1])
