@@ -146,10 +146,10 @@ def test_a_step_feeds_only_the_decoding_tokens_and_the_prompts(setup, monkeypatc
     expected, fed = [], []
     real = token_batching._step
 
-    def counted(model, cache, slots, decode, starting):
+    def counted(run, cache, slots, decode, starting):
         idle = sum(s is not None for s in slots) - len(decode) - len(starting)
         expected.append((len(decode) + sum(len(slots[i].pending) for i in starting), idle))
-        return real(model, cache, slots, decode, starting)
+        return real(run, cache, slots, decode, starting)
 
     def forward(self, ids, *args):
         fed.append(ids.shape[1])
