@@ -163,9 +163,10 @@ class ModelForward:
     It runs the decoder's parts itself (embeddings, rotary embeddings, transformers' own decoder layers, the
     final norm and `lm_head` on the kept tokens), as the model's top-level forward chains them, once a first
     step has given the same logits bit for bit as `model(...)`; else (a model that adds anything there, e.g.
-    scaled embeddings or capped logits, or lacks those parts) `model(...)` itself. Why: on a small model the
-    top-level forward's wrappers (output capture, argument plumbing, a causal mask `packed_sdpa` never reads)
-    are a noticeable part of a decode step's cost, paid at every step.
+    scaled embeddings or capped logits, or lacks those parts) `model(...)` itself. Why: the top-level
+    forward's wrappers (output capture, argument plumbing, a causal mask `packed_sdpa` never reads) do work at
+    every step that the chained parts skip. Also holds what every step reads of the model: its device and
+    how many query heads share a kv head (`repeat`).
     """
 
     PARTS = ("embed_tokens", "rotary_emb", "layers", "norm")
@@ -177,6 +178,11 @@ class ModelForward:
         self.head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         self.decoder = decoder if known and self.head is not None else None
         self.direct: bool | None = None if self.decoder is not None else False  # None: not checked yet
+        config = model.config
+        self.device = model.device
+        self.repeat = config.num_attention_heads // (
+            getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        )
 
     def __call__(self, ids, positions, cache: Cache, keep: torch.Tensor, packed: Packed) -> torch.Tensor:
         """Logits after the tokens `keep` of the sequence `ids` at `positions` (both [1, tokens])."""
@@ -585,10 +591,7 @@ def _step(
     """One forward: the token of each slot in `decode` at its row's end, then the prompts of `starting`,
     each at its row's end. Returns the logits after each fed row's last token [slots, vocab] (rows not fed:
     zeros)."""
-    device, config = forward.model.device, forward.model.config
-    repeat = config.num_attention_heads // (
-        getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    )
+    device, repeat = forward.device, forward.repeat
     ids = [slots[i].pending[0] for i in decode]
     rows, positions = list(decode), [len(slots[i].fed) for i in decode]  # a row's end: its token's column
     # the rows not decoding attend as if empty: their queries are dummies, their columns need no reading
@@ -621,7 +624,7 @@ def _step(
         _row_groups(lengths) if decode else [],
         prompts,
     )
-    layers = [RowLayer(cache, k, seq[2], seq[1]) for k in range(config.num_hidden_layers)]
+    layers = [RowLayer(cache, k, seq[2], seq[1]) for k in range(forward.model.config.num_hidden_layers)]
     out = forward(seq[None, 0], seq[None, 1], Cache(layers=layers), _longs(keep, device), packed)
     logits = out[0].float()
     if every:  # every row decodes, in row order
@@ -648,8 +651,8 @@ def _prompts(
 
 
 def _longs(values: list[int], device) -> torch.Tensor:
-    """A 1-D int64 tensor of `values`, read as one buffer (`array`): `torch.tensor` inspects a list element by
-    element, several times slower on the index lists every step builds."""
+    """A 1-D int64 tensor of `values`, read as one buffer (`array`) rather than by `torch.tensor`, which
+    inspects the list element by element (every step builds several such lists)."""
     if not values:
         return torch.empty(0, dtype=torch.long, device=device)
     return torch.frombuffer(array("q", values), dtype=torch.long).to(device)
