@@ -83,14 +83,15 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     batch_size: int = 64
-    # How episodes share the batch (also for evaluation; the same rows either way): `token` refills a slot as
-    # soon as its episode ends, between tokens (drift_lite.token_batching; models with full-attention caches,
-    # else `turn`); `turn` runs each turn as one HF `generate` call over the batch, refilled between turns.
-    engine: str = "token"
-    # `turn` engine: reuse the KV of prompt prefixes already computed (the family's instruction head, each
-    # episode's previous prompt) instead of prefilling them again; same tokens either way. Costs about twice
-    # the KV memory of the active rows: turn off on a GPU that is short of memory.
-    prefix_cache: bool = True
+    # How episodes share the batch (also for evaluation; the same rows either way). `turn` (default): each
+    # turn is one plain HF `generate` call over the batch, refilled between turns. `token` (opt-in
+    # accelerator, drift_lite/token_engine.py): a slot is refilled as soon as its episode ends, between
+    # tokens; CPU-validated only (full-attention caches; other models fall back to `turn`).
+    engine: str = "turn"
+    # `turn` engine, opt-in: reuse the KV of prompt prefixes already computed (the family's instruction head,
+    # each episode's previous prompt) instead of prefilling them again; same tokens either way. Costs about
+    # twice the KV memory of the active rows.
+    prefix_cache: bool = False
 
 
 @dataclass

@@ -13,18 +13,16 @@ Conventions, fixed here for every reader and writer of the kit:
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
-import secrets
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
 from typing import IO, Any
 
 import orjson
 
 from drift_lite.errors import UserError
+from drift_lite.files import atomic_writer, check_output_path, write_json_atomic  # noqa: F401 (re-exported)
 
 PathLike = str | os.PathLike[str]
 
@@ -327,71 +325,6 @@ def dumps_row(row: dict) -> str:
     return json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def _parent_of(path: PathLike) -> str:
-    return os.path.dirname(os.path.abspath(os.fspath(path)))
-
-
-def check_output_path(path: PathLike) -> None:
-    """Raise UserError unless `path` could be written: its folder exists and it is not a directory."""
-    name = os.fspath(path)
-    parent = os.path.dirname(name) or "."
-    if not os.path.isdir(parent):
-        raise UserError(f"{name}: folder '{parent}' does not exist")
-    if os.path.isdir(name):
-        raise UserError(f"{name}: is a directory, expected a file path")
-
-
-def _create_temp(target: str) -> tuple[int, str]:
-    """Create an exclusive temp file beside `target` (mode from the umask, like a normal new file)."""
-    folder, base = os.path.split(os.path.abspath(target))
-    while True:
-        temp = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temp
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            shown = os.path.dirname(target) or "."
-            raise UserError(f"{target}: cannot create a file in '{shown}' ({exc.strerror or exc})") from None
-
-
-def _fsync_folder(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on a directory; the rename itself already happened
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_writer(path: PathLike) -> Iterator[IO[bytes]]:
-    """Yield a binary handle on a temp file beside `path`; on success fsync and rename it over `path`.
-
-    On any exception the temp file is removed and `path` is left untouched.
-    """
-    check_output_path(path)
-    target = os.fspath(path)
-    fd, temp = _create_temp(target)
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException as exc:
-        with suppress(FileNotFoundError):
-            os.unlink(temp)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"{target}: {exc.strerror} (nothing written)") from None
-        raise
-    _fsync_folder(_parent_of(target))
-
-
 def write_rows_atomic(path: PathLike, rows: Iterable[dict]) -> int:
     """Write rows as JSONL through a temp file + fsync + rename; return the number written."""
     count = 0
@@ -400,13 +333,6 @@ def write_rows_atomic(path: PathLike, rows: Iterable[dict]) -> int:
             handle.write(dumps_row(row).encode("utf-8"))
             count += 1
     return count
-
-
-def write_json_atomic(path: PathLike, data: object) -> None:
-    """Write one JSON document (indented, finite numbers only) atomically."""
-    text = json.dumps(data, ensure_ascii=False, allow_nan=False, indent=2) + "\n"
-    with atomic_writer(path) as handle:
-        handle.write(text.encode("utf-8"))
 
 
 class RowAppender:

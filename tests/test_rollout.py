@@ -337,8 +337,8 @@ def test_same_seed_and_settings_give_the_same_bytes(recipe_path, reference, tmp_
 def test_the_recipe_switches_of_engine_and_kv_reuse_change_no_byte(
     recipe_path, reference, tmp_path, monkeypatch
 ):
-    """The reference file came from the default token-level engine; the turn engine, with its prefix cache
-    or without, writes the same bytes (and each switch reaches the engine it names)."""
+    """The default turn engine, with its prefix cache or without, and the opt-in token engine write the same
+    bytes (and each switch reaches the engine it names)."""
     import drift_lite.rollout as rollout_module
     import drift_lite.token_batching as token_module
 
@@ -351,9 +351,9 @@ def test_the_recipe_switches_of_engine_and_kv_reuse_change_no_byte(
         token_module, "run_episodes_streaming", lambda *a, **k: seen.append("token") or real_token(*a, **k)
     )
     for overrides, engine in (
-        (["rollout.engine=turn"], True),
-        (["rollout.engine=turn", "rollout.prefix_cache=false"], False),
-        ([], "token"),
+        (["rollout.prefix_cache=true"], True),
+        ([], False),
+        (["rollout.engine=token"], "token"),
     ):
         seen.clear()
         out = tmp_path / f"{'-'.join(overrides) or 'default'}.jsonl"

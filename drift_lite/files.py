@@ -1,0 +1,109 @@
+"""Files written safely: one atomic writer (temp file, fsync, rename), JSON documents, settings hashes.
+
+Every file the kit writes goes through `atomic_writer`, so a killed process leaves the old file or the new
+one, never half of one; `settings_hash` is the one fingerprint of the settings a step's outputs depend on.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import IO
+
+from drift_lite.errors import UserError
+
+PathLike = str | os.PathLike[str]
+
+
+def settings_hash(data: object) -> str:
+    """A short, stable hash of JSON-able settings (sorted keys): what a step's outputs depend on."""
+    text = json.dumps(data, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def read_json(path: PathLike) -> object | None:
+    """The JSON document at `path`, or None when it is missing or unreadable (a step then reruns)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _parent_of(path: PathLike) -> str:
+    return os.path.dirname(os.path.abspath(os.fspath(path)))
+
+
+def check_output_path(path: PathLike) -> None:
+    """Raise UserError unless `path` could be written: its folder exists and it is not a directory."""
+    name = os.fspath(path)
+    parent = os.path.dirname(name) or "."
+    if not os.path.isdir(parent):
+        raise UserError(f"{name}: folder '{parent}' does not exist")
+    if os.path.isdir(name):
+        raise UserError(f"{name}: is a directory, expected a file path")
+
+
+def _create_temp(target: str) -> tuple[int, str]:
+    """Create an exclusive temp file beside `target` (mode from the umask, like a normal new file)."""
+    folder, base = os.path.split(os.path.abspath(target))
+    while True:
+        temp = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temp
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            shown = os.path.dirname(target) or "."
+            raise UserError(f"{target}: cannot create a file in '{shown}' ({exc.strerror or exc})") from None
+
+
+def _fsync_folder(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a directory; the rename itself already happened
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_writer(path: PathLike) -> Iterator[IO[bytes]]:
+    """Yield a binary handle on a temp file beside `path`; on success fsync and rename it over `path`.
+
+    On any exception the temp file is removed and `path` is left untouched.
+    """
+    check_output_path(path)
+    target = os.fspath(path)
+    fd, temp = _create_temp(target)
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+    except BaseException as exc:
+        with suppress(FileNotFoundError):
+            os.unlink(temp)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{target}: {exc.strerror} (nothing written)") from None
+        raise
+    _fsync_folder(_parent_of(target))
+
+
+def write_json_atomic(path: PathLike, data: object) -> None:
+    """Write one JSON document (indented, finite numbers only) atomically."""
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, indent=2) + "\n"
+    with atomic_writer(path) as handle:
+        handle.write(text.encode("utf-8"))
+
+
