@@ -105,5 +105,3 @@ def write_json_atomic(path: PathLike, data: object) -> None:
     text = json.dumps(data, ensure_ascii=False, allow_nan=False, indent=2) + "\n"
     with atomic_writer(path) as handle:
         handle.write(text.encode("utf-8"))
-
-
