@@ -99,10 +99,12 @@ class WeightsConfig:
     """Returns and weights: `drift` (self-normalized exp(R/beta)), `uniform` (SFT), `correct_only` (RFT)."""
 
     scheme: str = "drift"
-    gamma: float = 0.9
-    beta: float = 0.1
-    repeat_coef: float = 0.5
-    drop_equal_groups: bool = False
+    gamma: float = 0.9  # the release's scripts (its argparse default: 0.7)
+    beta: float = 0.1  # the release's scripts (its argparse default: 0.2)
+    repeat_coef: float = 0.5  # the release env's repetition penalty coefficient
+    drop_equal_groups: bool = False  # leave out groups whose returns are all equal (no signal)
+    drop_failed_groups: bool = False  # leave out groups in which no trajectory succeeded
+    max_weight: float | None = None  # clip weights at this value after normalizing (iw-SFT clips at 16)
 
 
 @dataclass
@@ -130,6 +132,26 @@ class TrainConfig:
     group_by_length: bool = True
     save_steps: int = 50
     seed: int = 0
+
+
+@dataclass
+class OnlineConfig:
+    """Online multi-turn RL baseline (UFO-style, critic-free group baseline + KL to the reference).
+
+    UFO (arXiv 2507.14295): PPO, 200 steps, 8 prompt groups x 16 rollouts per step keeping the top 25% of
+    groups by reward spread, actor lr 1e-6, KL 0.001, reward 0.5^(t-1) + repetition penalty, T 1.0.
+    """
+
+    iterations: int = 20  # policy updates; each plays `prompts` x `samples` fresh episodes
+    prompts: int = 16  # prompt groups per iteration
+    samples: int = 8  # episodes per prompt (the group of the baseline)
+    reward: str = "ufo"  # ufo: 0.5^(t-1) at the first correct turn + repetition penalty | drift: the return
+    keep_groups: float = 1.0  # keep this share of groups with the largest reward spread (UFO: 0.25)
+    lr: float = 1e-3
+    kl_coef: float = 0.001
+    micro_batch: int = 16
+    eval_every: int = 5  # iterations between greedy evaluations of the curve (0: never)
+    eval_size: int = 64  # problems of the first eval set scored for the curve
 
 
 @dataclass
@@ -169,6 +191,9 @@ class Recipe:
 
     name: str = "run"
     seed: int = 0
+    # weighted_sft: DRIFT and its SFT baselines (rollout -> weight -> train); online_rl: the online multi-turn
+    # RL baseline (the current policy plays, a group-baseline policy gradient updates it)
+    algorithm: str = "weighted_sft"
     model: ModelConfig = field(default_factory=ModelConfig)
     toy: ToyConfig = field(default_factory=ToyConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -176,6 +201,7 @@ class Recipe:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
@@ -191,6 +217,8 @@ class Recipe:
 
 
 CHOICES = {
+    "algorithm": {"weighted_sft", "online_rl"},
+    "online.reward": {"ufo", "drift"},
     "model.dtype": {"float32", "bfloat16", "float16"},
     "model.quantization": {"none", "nf4"},
     "model.device": {"auto", "cpu", "cuda"},
@@ -317,8 +345,7 @@ def check_recipe(recipe: Recipe, where: str = "<recipe>") -> None:
     """Raise a one-line UserError naming the key when a choice is unknown or a number is out of range."""
     data = recipe.to_dict()
     for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        value = data[section][name]
+        value = _lookup(data, key)
         if value not in allowed:
             raise UserError(f"{where}: key '{key}': expected one of {sorted(allowed)}, got {value!r}")
     r, e, t = recipe.rollout, recipe.eval, recipe.train
