@@ -170,6 +170,9 @@ class EvalConfig:
     """Multi-turn evaluation (release: greedy)."""
 
     sets: list[EvalSetConfig] = field(default_factory=lambda: [EvalSetConfig()])
+    # turns per evaluation episode; null: env.max_turns (single-turn methods train on 1-turn rollouts and are
+    # still evaluated over 5 turns)
+    max_turns: int | None = None
     greedy: bool = True
     temperature: float = 1.0
     top_p: float = 1.0
@@ -365,6 +368,7 @@ def check_recipe(recipe: Recipe, where: str = "<recipe>") -> None:
         ("eval.max_new_tokens", e.max_new_tokens >= 1, "must be >= 1"),
         ("eval.batch_size", e.batch_size >= 1, "must be >= 1"),
         ("eval.repeats", e.repeats >= 1, "must be >= 1"),
+        ("eval.max_turns", e.max_turns is None or e.max_turns >= 1, "must be >= 1 (or null)"),
         *(
             (f"eval.sets[{i}].size", s.size is None or s.size >= 1, "must be >= 1 (or null for all)")
             for i, s in enumerate(e.sets)
