@@ -9,13 +9,15 @@ import argparse
 import os
 import sys
 
+from drift_lite import __version__
 from drift_lite.errors import UserError
+from drift_lite.recipe import WEIGHT_SCHEMES, WeightsConfig
 
 EXAMPLES = {
     "run": "drift-lite run recipes/toy/drift.yaml --out runs/toy-drift\n"
     "  drift-lite run recipes/toy/drift.yaml --out runs/toy-b2 weights.beta=0.2 seed=1",
     "rollout": "drift-lite rollout recipes/toy/drift.yaml --out rollouts.jsonl rollout.n_samples=4",
-    "weight": "drift-lite weight rollouts.jsonl weighted.jsonl --gamma 0.9 --beta 0.1",
+    "weight": "drift-lite weight rollouts.jsonl weighted.jsonl --gamma 0.9 --beta 0.1 --drop-failed-groups",
     "train": "drift-lite train recipes/toy/drift.yaml --data weighted.jsonl --out adapter train.lr=1e-3",
     "eval": "drift-lite eval recipes/toy/drift.yaml --adapter runs/toy-drift/adapter --out eval-trained",
     "report": "drift-lite report runs/toy-drift runs/toy-sft --out reports/compare",
@@ -29,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         description="DRIFT: decoupled multi-turn rollouts + importance-weighted fine-tuning (GPU or CPU).",
         epilog="Run `drift-lite COMMAND --help` for an example of each command.",
     )
+    parser.add_argument("--version", action="version", version=f"drift-lite {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -60,20 +63,29 @@ def _parser() -> argparse.ArgumentParser:
     p = add("weight", "Returns and per-prompt self-normalized weights: IN rows plus `return` and `weight`.")
     p.add_argument("input", metavar="IN", help="rollouts JSONL (the release's schema)")
     p.add_argument("output", metavar="OUT", help="weighted JSONL to write")
-    p.add_argument("--gamma", type=float, default=0.9, help="turn discount (default 0.9)")
-    p.add_argument("--beta", type=float, default=0.1, help="temperature of exp(R/beta) (default 0.1)")
+    # defaults: the recipe's `weights` section (drift_lite.recipe.WeightsConfig), the one place they are set
+    d = WeightsConfig()
+    p.add_argument("--gamma", type=float, help=f"turn discount (default {d.gamma})")
+    p.add_argument("--beta", type=float, help=f"temperature of exp(R/beta) (default {d.beta})")
     p.add_argument(
         "--scheme",
-        default="drift",
-        choices=["drift", "uniform", "correct_only"],
-        help="drift (default), uniform (plain SFT) or correct_only (rejection-sampling SFT)",
+        choices=list(WEIGHT_SCHEMES),
+        help=f"drift, uniform (plain SFT) or correct_only (rejection-sampling SFT); default {d.scheme}",
     )
-    p.add_argument("--repeat-coef", type=float, default=0.5, help="repeated-answer penalty (default 0.5)")
+    p.add_argument("--repeat-coef", type=float, help=f"repeated-answer penalty (default {d.repeat_coef})")
     p.add_argument(
         "--drop-equal-groups",
         action="store_true",
+        default=None,
         help="drop prompt groups whose returns are all equal instead of training them at weight 1",
     )
+    p.add_argument(
+        "--drop-failed-groups",
+        action="store_true",
+        default=None,
+        help="drop prompt groups in which no trajectory succeeded",
+    )
+    p.add_argument("--max-weight", type=float, help="clip weights at this value (default: no clipping)")
 
     p = add("train", "Weighted SFT of (QLoRA) adapters on the last assistant message of each trajectory.")
     recipe_args(p)
@@ -94,60 +106,49 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+WEIGHT_OPTIONS = (
+    "gamma",
+    "beta",
+    "scheme",
+    "repeat_coef",
+    "drop_equal_groups",
+    "drop_failed_groups",
+    "max_weight",
+)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    from drift_lite.recipe import load_recipe
+    """Call the public API (drift_lite.api) for one command and print its result."""
+    from drift_lite import api as dl
 
     # progress bars on a terminal (or when asked), not in captured logs
     show = sys.stderr.isatty() or os.environ.get("DRIFT_LITE_PROGRESS") == "1"
     if args.command == "weight":
-        from drift_lite.weights import format_diagnostics, weight_file
+        from drift_lite.weights import format_diagnostics
 
-        diagnostics = weight_file(
-            args.input,
-            args.output,
-            gamma=args.gamma,
-            beta=args.beta,
-            scheme=args.scheme,
-            drop_equal_groups=args.drop_equal_groups,
-            repeat_coef=args.repeat_coef,
-            show_progress=show,
-        )
-        print(format_diagnostics(diagnostics))
+        given = {k: getattr(args, k) for k in WEIGHT_OPTIONS if getattr(args, k) is not None}
+        print(format_diagnostics(dl.weight(args.input, args.output, show_progress=show, **given)))
         return 0
     if args.command == "report":
-        from pathlib import Path
-
-        from drift_lite.report import write_report
-
-        print(write_report([Path(r) for r in args.runs], Path(args.out)))
+        print(dl.report(args.runs, args.out))
         return 0
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = dl.load_recipe(args.recipe, args.overrides)
     if args.command == "run":
-        from drift_lite.run import run
-
-        run(recipe, args.out, recipe_path=args.recipe, force=args.force, show_progress=show)
+        dl.run(recipe, args.out, force=args.force, show_progress=show, recipe_path=args.recipe)
     elif args.command == "rollout":
-        from drift_lite.rollout import rollout
-
-        stats = rollout(recipe, args.out, show_progress=show)
-        print(" ".join(f"{k}={v}" for k, v in stats.items()))
+        stats = dl.rollout(recipe, args.out, show_progress=show)
+        print(" ".join(f"{k}={v}" for k, v in stats.items() if not isinstance(v, (dict, list))))
     elif args.command == "train":
-        from drift_lite.train import train
-
-        stats = train(recipe, args.data, args.out, show_progress=show)
+        stats = dl.train(recipe, args.data, args.out, show_progress=show)
         print(" ".join(f"{k}={v}" for k, v in stats.items() if not isinstance(v, (dict, list))))
     elif args.command == "eval":
         import json
 
-        from drift_lite.evaluate import evaluate
-
-        results = evaluate(recipe, args.out, adapter=args.adapter, show_progress=show)
+        results = dl.evaluate(recipe, args.out, adapter=args.adapter, show_progress=show)
         for name, result in results.items():
             print(name, json.dumps(result["metrics"]))
     elif args.command == "check":
-        from drift_lite.plan import check
-
-        print(check(recipe))
+        print(dl.check(recipe))
     return 0
 
 

@@ -7,6 +7,7 @@ one, never half of one; `settings_hash` is the one fingerprint of the settings a
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -105,3 +106,47 @@ def write_json_atomic(path: PathLike, data: object) -> None:
     text = json.dumps(data, ensure_ascii=False, allow_nan=False, indent=2) + "\n"
     with atomic_writer(path) as handle:
         handle.write(text.encode("utf-8"))
+
+
+@contextmanager
+def exclusive_lock(target: PathLike, what: str = "run folder") -> Iterator[None]:
+    """Hold an exclusive lock on `target` (a folder, or a file's path) for one writer; refuse a second one.
+
+    The lock is an OS advisory lock (`flock`) on `<folder>/.drift-lite.lock` or `<file>.lock`: the OS drops it
+    when the process dies, kill -9 included, so a stale lock file never blocks a rerun.
+    """
+    name = os.fspath(target)
+    lock_path = os.path.join(name, ".drift-lite.lock") if os.path.isdir(name) else name + ".lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UserError(f"{name}: cannot create the lock file {lock_path} ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise UserError(
+                f"{name}: another drift-lite process (pid {holder}) is writing this {what}; "
+                "wait for it to finish or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def remove_stale_temps(folder: PathLike) -> int:
+    """Delete temp files (`.NAME.XXXXXXXX.tmp`) a killed writer left in `folder`; return how many.
+
+    Call it only while holding the folder's lock: then no live writer of the kit owns one.
+    """
+    removed = 0
+    with suppress(OSError):
+        for entry in os.scandir(folder):
+            if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
+                with suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed

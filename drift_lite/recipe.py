@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import types
 import typing
@@ -344,6 +345,34 @@ def _tname(value: object) -> str:
     return {dict: "mapping", list: "list", type(None): "null"}.get(type(value), type(value).__name__)
 
 
+WEIGHT_SCHEMES = ("drift", "uniform", "correct_only")
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_weights(w: WeightsConfig, where: str = "weights") -> WeightsConfig:
+    """Raise a one-line UserError for an out-of-range weight setting; return `w` (the one check of them)."""
+    rules = [
+        ("scheme", w.scheme in WEIGHT_SCHEMES, f"must be one of {', '.join(WEIGHT_SCHEMES)}"),
+        ("gamma", _is_real(w.gamma) and 0 < w.gamma <= 1, "must be a number in (0, 1]"),
+        ("beta", _is_real(w.beta) and w.beta > 0, "must be a finite number > 0"),
+        ("repeat_coef", _is_real(w.repeat_coef) and w.repeat_coef >= 0, "must be a finite number >= 0"),
+        ("drop_equal_groups", isinstance(w.drop_equal_groups, bool), "must be true or false"),
+        ("drop_failed_groups", isinstance(w.drop_failed_groups, bool), "must be true or false"),
+        (
+            "max_weight",
+            w.max_weight is None or (_is_real(w.max_weight) and w.max_weight > 0),
+            "must be a finite number > 0 (or null: no clipping)",
+        ),
+    ]
+    for key, ok, rule in rules:
+        if not ok:
+            raise UserError(f"key '{where}.{key}': {rule}, got {getattr(w, key)!r}")
+    return w
+
+
 def check_recipe(recipe: Recipe, where: str = "<recipe>") -> None:
     """Raise a one-line UserError naming the key when a choice is unknown or a number is out of range."""
     data = recipe.to_dict()
@@ -351,10 +380,12 @@ def check_recipe(recipe: Recipe, where: str = "<recipe>") -> None:
         value = _lookup(data, key)
         if value not in allowed:
             raise UserError(f"{where}: key '{key}': expected one of {sorted(allowed)}, got {value!r}")
+    try:
+        check_weights(recipe.weights)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
     r, e, t = recipe.rollout, recipe.eval, recipe.train
     checks = [
-        ("weights.beta", recipe.weights.beta > 0, "must be > 0"),
-        ("weights.gamma", 0 < recipe.weights.gamma <= 1, "must be in (0, 1]"),
         ("env.max_turns", recipe.env.max_turns >= 1, "must be >= 1"),
         ("env.shots", recipe.env.shots >= 0, "must be >= 0"),
         ("task.size", recipe.task.size is None or recipe.task.size >= 1, "must be >= 1 (or null for all)"),

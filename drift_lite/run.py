@@ -7,8 +7,6 @@ and so is everything downstream of it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -16,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drift_lite.errors import UserError
+from drift_lite.files import exclusive_lock, read_json, remove_stale_temps, settings_hash, write_json_atomic
 from drift_lite.recipe import Recipe, dump_recipe
 
 
@@ -37,10 +36,6 @@ class Step:
         return self.complete is None or bool(self.complete())
 
 
-def _hash(data: dict) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 class RunDir:
     """Stamps, timings and the log of one run directory."""
 
@@ -52,14 +47,12 @@ class RunDir:
 
     def stamp(self, name: str) -> dict | None:
         """The stamp of step `name`, if any."""
-        try:
-            return json.loads((self.stamps / f"{name}.json").read_text())
-        except (OSError, ValueError):
-            return None
+        stamp = read_json(self.stamps / f"{name}.json")
+        return stamp if isinstance(stamp, dict) else None
 
     def write_stamp(self, name: str, key_hash: str, complete: bool) -> None:
         """Record that step `name` started (complete=False) or finished with settings `key_hash`."""
-        _write_json(self.stamps / f"{name}.json", {"key": key_hash, "complete": complete})
+        write_json_atomic(self.stamps / f"{name}.json", {"key": key_hash, "complete": complete})
 
     def log(self, message: str) -> None:
         """Append a timestamped line to log.txt and print it."""
@@ -71,20 +64,17 @@ class RunDir:
     def record_timing(self, name: str, stats: dict) -> None:
         """Merge a step's wall time and token counts into timings.json."""
         path = self.root / "timings.json"
-        try:
-            timings = json.loads(path.read_text())
-        except (OSError, ValueError):
-            timings = {}
+        timings = read_json(path)
         timings = timings if isinstance(timings, dict) else {}
         timings[name] = stats
-        _write_json(path, timings)
+        write_json_atomic(path, timings)
 
 
 def execute(run_dir: RunDir, steps: list[Step]) -> None:
     """Run the steps in order, skipping complete ones and redoing those whose inputs changed."""
     hashes: dict[str, str] = {}
     for step in steps:
-        key_hash = _hash({"key": step.key, "upstream": {d: hashes[d] for d in step.depends}})
+        key_hash = settings_hash({"key": step.key, "upstream": {d: hashes[d] for d in step.depends}})
         hashes[step.name] = key_hash
         old = run_dir.stamp(step.name) or {}
         same = old.get("key") == key_hash
@@ -122,17 +112,37 @@ def run(
     force: bool = False,
     show_progress: bool = True,
 ) -> Path:
-    """The whole method in `out_dir`; returns the report's path."""
+    """The whole method in `out_dir`, one writer at a time (a second process is refused); returns the report.
+
+    >>> run(load_recipe("recipes/toy/drift.yaml"), "runs/toy-drift")
+    """
+
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: exists and is not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)  # `runs/` is not in a fresh clone
+    except OSError as e:
+        raise UserError(f"{root}: cannot create the run folder ({e.strerror or e})") from None
+    with exclusive_lock(root):
+        return _run_locked(recipe, root, recipe_path=recipe_path, force=force, show_progress=show_progress)
+
+
+def _run_locked(
+    recipe: Recipe, root: Path, *, recipe_path: str | None, force: bool, show_progress: bool
+) -> Path:
+    """`run` while this process holds the run folder's lock."""
     from drift_lite import models, versions
-    from drift_lite import train as train_mod
     from drift_lite.evaluate import evaluate, set_name
     from drift_lite.report import summary_lines, write_report
     from drift_lite.rollout import env_identity, rollout, rollout_settings
     from drift_lite.rollout import is_complete as rollout_complete
+    from drift_lite.train import is_complete as train_complete
+    from drift_lite.train import train as train_step
     from drift_lite.weights import diagnostics_path, weight_file
 
-    root = Path(out_dir)
     _claim(root, recipe, force)
+    remove_stale_temps(root)
     run_dir = RunDir(root)
     dump_recipe(
         recipe, root / "recipe.yaml", extra={"recipe_file": recipe_path, **versions.package_versions()}
@@ -153,27 +163,21 @@ def run(
         stats = rollout(
             recipe, root / "rollouts.jsonl", model=model, tokenizer=tokenizer, show_progress=show_progress
         )
-        return {"generated_tokens": stats["generated_tokens"], "prompts": stats["prompts"]}
+        if "engine" in stats:
+            run_dir.log(f"[rollout] engine: {_engine_line(stats['engine'])}")
+        return {k: stats[k] for k in ("generated_tokens", "prompts", "engine") if k in stats}
 
     def do_weight(resume: bool) -> dict:
         """Returns and weights (rewritten whole: it takes a fraction of a second)."""
-        w = recipe.weights
         diagnostics = weight_file(
-            root / "rollouts.jsonl",
-            root / "weighted.jsonl",
-            gamma=w.gamma,
-            beta=w.beta,
-            scheme=w.scheme,
-            drop_equal_groups=w.drop_equal_groups,
-            repeat_coef=w.repeat_coef,
-            show_progress=show_progress,
+            root / "rollouts.jsonl", root / "weighted.jsonl", recipe.weights, show_progress=show_progress
         )
         return {"rows": diagnostics.get("rows")}
 
     def do_train(resume: bool) -> dict:
         """Weighted SFT into adapter/ (resumes from its last complete checkpoint)."""
         base.clear()  # free the reference model while training
-        stats = train_mod.train(
+        stats = train_step(
             recipe, root / "weighted.jsonl", root / "adapter", resume=resume, show_progress=show_progress
         )
         # train_tokens: non-padding tokens the optimizer saw (all epochs, across resumes); target_tokens: the
@@ -247,7 +251,7 @@ def run(
             [adapter],
             do_train,
             ("weight",),
-            complete=lambda: train_mod.is_complete(adapter),
+            complete=lambda: train_complete(adapter),
         ),
         Step(
             "eval-reference",
@@ -278,25 +282,18 @@ def run(
 
 def _claim(root: Path, recipe: Recipe, force: bool) -> None:
     """Refuse a folder that holds another recipe's run (unless forced); mark it as this recipe's."""
-    if root.exists() and not root.is_dir():
-        raise UserError(f"{root}: exists and is not a folder")
     marker = root / "run.json"
     if marker.exists():
-        try:
-            owner = json.loads(marker.read_text()).get("recipe")
-        except (OSError, ValueError, AttributeError):
-            owner = "<unreadable run.json>"  # treated as someone else's
+        data = read_json(marker)
+        owner = data.get("recipe") if isinstance(data, dict) else "<unreadable run.json>"
         if owner != recipe.name and not force:
             raise UserError(
                 f"{root}: holds a run of recipe '{owner}', not '{recipe.name}' (use --force to reuse it)"
             )
-    elif root.exists() and any(root.iterdir()) and not force:
+    elif root.exists() and any(p.name != ".drift-lite.lock" for p in root.iterdir()) and not force:
         raise UserError(f"{root}: not empty and not a drift-lite run (use --force to use it anyway)")
-    try:
-        root.mkdir(parents=True, exist_ok=True)  # `runs/` is not in a fresh clone
-    except OSError as e:
-        raise UserError(f"{root}: cannot create the run folder ({e.strerror or e})") from None
-    _write_json(marker, {"recipe": recipe.name})
+    root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, {"recipe": recipe.name})
 
 
 def _why(exc: BaseException) -> str:
@@ -315,8 +312,9 @@ def _remove(path: Path) -> None:
         side.unlink()
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temp file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    tmp.replace(path)
+def _engine_line(engine: object) -> str:
+    """`turn (prefix_cache=False)`-style summary of the engine record a rollout returns."""
+    if not isinstance(engine, dict):
+        return str(engine)
+    rest = ", ".join(f"{k}={v}" for k, v in engine.items() if k != "engine")
+    return f"{engine.get('engine')} ({rest})" if rest else str(engine.get("engine"))

@@ -11,7 +11,14 @@ Weights per `prompt_id` group, by scheme:
 - ``correct_only``: 1 if the trajectory ever succeeded (t_star not null or some turn reward > 0), else 0
   (rejection-sampling SFT). Plain 1/0: no rescaling, so the mean weight of a dataset is its success share.
 A group whose returns are all equal (a group of one included) gets weight exactly 1 under ``drift``; with
-`drop_equal_groups` such groups are left out of the output instead, whatever the scheme.
+`drop_equal_groups` such groups are left out of the output instead, whatever the scheme. Weight controls:
+`drop_failed_groups` leaves out groups in which no trajectory succeeded (under ``drift`` they train their
+wrong answers at mean weight 1); `max_weight` clips weights after normalizing, without renormalizing
+(iw-SFT clips sequence weights to [0, 16]). The diagnostics give, per group, the effective sample size
+(sum w)^2 / sum w^2 and the weight share on never-solved trajectories.
+
+All settings are one object, the recipe's `weights` section (`drift_lite.recipe.WeightsConfig`), applied here
+only: the rollout does not depend on them, so changing one reruns weight → train → eval, never the rollout.
 
 `weight_file` streams: pass 1 validates every row and keeps only (group index, return, success flag) per row;
 pass 2 re-reads the input and copies each kept line verbatim with `, "return": R, "weight": w` spliced before
@@ -29,65 +36,35 @@ import stat
 import sys
 from array import array
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 from tqdm import tqdm
 
 from drift_lite.errors import UserError
+from drift_lite.files import PathLike, atomic_writer, check_output_path, write_json_atomic
+from drift_lite.recipe import WEIGHT_SCHEMES, WeightsConfig, check_weights
 from drift_lite.records import (
-    PathLike,
-    atomic_writer,
-    check_output_path,
     dumps_row,
     iter_raw_lines,
     open_for_reading,
     parse_json_line,
     turn_index,
     validate_row,
-    write_json_atomic,
 )
 
-SCHEMES = ("drift", "uniform", "correct_only")
+SCHEMES = WEIGHT_SCHEMES
 NORMALIZER_EPS = 1e-12  # the release's guard in the denominator of the self-normalized weights
 _ADDED_KEYS = ("return", "weight")
 _PROGRESS_EVERY = 4096  # rows between progress-bar updates: tqdm per row would cost more than the parsing
 
 
-@dataclass(frozen=True)
-class WeightSettings:
-    """The options that decide every weight; recorded in the diagnostics."""
-
-    gamma: float = 0.9
-    beta: float = 0.1
-    scheme: str = "drift"
-    repeat_coef: float = 0.5
-    drop_equal_groups: bool = False
-
-    def check(self) -> WeightSettings:
-        """Raise UserError for an out-of-range option; return self."""
-        _check_gamma(self.gamma)
-        _check_beta(self.beta)
-        if not _is_real(self.repeat_coef) or self.repeat_coef < 0:
-            raise UserError(f"repeat_coef must be a finite number >= 0, got {self.repeat_coef!r}")
-        if self.scheme not in SCHEMES:
-            raise UserError(f"scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
-        if not isinstance(self.drop_equal_groups, bool):
-            raise UserError(f"drop_equal_groups must be true or false, got {self.drop_equal_groups!r}")
-        return self
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_gamma(gamma: object) -> None:
-    if not _is_real(gamma) or not 0 < gamma <= 1:  # type: ignore[operator]
-        raise UserError(f"gamma must be a number in (0, 1], got {gamma!r}")
-
-
-def _check_beta(beta: object) -> None:
-    if not _is_real(beta) or beta <= 0:  # type: ignore[operator]
-        raise UserError(f"beta must be a finite number > 0, got {beta!r}")
+def settings_of(settings: WeightsConfig | None = None, **overrides: object) -> WeightsConfig:
+    """`settings` (the recipe's `weights` section; defaults when None) with `overrides`, checked."""
+    base = settings if settings is not None else WeightsConfig()
+    unknown = sorted(set(overrides) - {f.name for f in fields(WeightsConfig)})
+    if unknown:
+        raise UserError(f"unknown weight setting(s): {', '.join(unknown)}")
+    return check_weights(replace(base, **overrides) if overrides else base)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -107,10 +84,13 @@ def _return_of(row: dict, gamma: float, repeat_coef: float) -> float:
     return total
 
 
-def trajectory_return(row: dict, gamma: float, repeat_coef: float = 0.5) -> float:
-    """The discounted return of one rollout row (validated first), with format and repetition penalties."""
-    WeightSettings(gamma=gamma, repeat_coef=repeat_coef).check()
-    return _return_of(validate_row(row, "row"), gamma, repeat_coef)
+def trajectory_return(row: dict, settings: WeightsConfig | None = None, **overrides: object) -> float:
+    """The discounted return of one rollout row (validated first), with format and repetition penalties.
+
+    >>> trajectory_return(row, gamma=0.9)  # or trajectory_return(row, recipe.weights)
+    """
+    s = settings_of(settings, **overrides)
+    return _return_of(validate_row(row, "row"), s.gamma, s.repeat_coef)
 
 
 def ever_succeeded(row: dict) -> bool:
@@ -132,10 +112,10 @@ def _drift_weights(returns: list[float], beta: float) -> list[float]:
 
 def group_weights(returns: list[float], beta: float) -> list[float]:
     """DRIFT self-normalized weights of one group (mean 1; all ones when the returns are all equal)."""
-    _check_beta(beta)
+    settings_of(beta=beta)
     if not returns:
         return []
-    if not all(_is_real(value) for value in returns):
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in returns):
         raise UserError("returns must be finite numbers")
     return _drift_weights([float(value) for value in returns], beta)
 
@@ -155,7 +135,7 @@ def _scheme_weights(scheme: str, returns: list[float], solved: list[int], beta: 
 class _Collector:
     """What pass 1 keeps per row: its group index, its return and whether it ever succeeded. No row text."""
 
-    def __init__(self, settings: WeightSettings) -> None:
+    def __init__(self, settings: WeightsConfig) -> None:
         self.settings = settings
         self.group_of: dict[str, int] = {}
         self.groups = array("i")
@@ -213,16 +193,32 @@ class _Stats:
         self.equal_all_failed = 0
         self.rows_dropped = 0
         self.groups_dropped = 0
+        self.failed_groups = 0
+        self.rows_clipped = 0
+        self.per_group: list[dict] = []
 
-    def add_group(self, weights: list[float], solved: list[int]) -> None:
-        """Account for one kept group."""
+    def add_group(self, prompt_id: str, weights: list[float], solved: list[int], dropped: str | None) -> None:
+        """Account for one group: its effective sample size and the weight share on failed trajectories."""
         total = math.fsum(weights)
         squares = math.fsum(w * w for w in weights)
         ess = total * total / squares if squares > 0 else 0.0
+        failed = math.fsum(w for w, ok in zip(weights, solved) if not ok)
+        self.per_group.append(
+            {
+                "prompt_id": prompt_id,
+                "size": len(weights),
+                "solved": sum(solved),
+                "ess": ess,
+                "failed_weight_share": failed / total if total > 0 else 0.0,
+                "dropped": dropped,
+            }
+        )
+        if dropped:
+            return
         self.ess.append(ess)
         self.ess_fraction.append(ess / len(weights))
         self.weight_total.append(total)
-        self.weight_failed.append(math.fsum(w for w, ok in zip(weights, solved) if not ok))
+        self.weight_failed.append(failed)
         self.max_weight = max(self.max_weight, max(weights))
 
 
@@ -230,6 +226,7 @@ def _plan(collector: _Collector) -> _Plan:
     settings = collector.settings
     n_rows, n_groups = len(collector), len(collector.group_of)
     order, starts = _rows_by_group(collector.groups, n_groups)
+    ids = list(collector.group_of)  # insertion order: group index -> prompt_id
     weights = array("d", bytes(8 * n_rows))
     keep = bytearray(b"\x01") * n_rows
     stats = _Stats()
@@ -238,19 +235,28 @@ def _plan(collector: _Collector) -> _Plan:
         returns = [collector.returns[i] for i in rows]
         solved = [collector.solved[i] for i in rows]
         stats.sizes.append(len(rows))
-        if max(returns) == min(returns):
-            stats.equal_groups += 1
-            stats.equal_all_failed += not any(solved)
-            if settings.drop_equal_groups:
-                stats.rows_dropped += len(rows)
-                stats.groups_dropped += 1
-                for i in rows:
-                    keep[i] = 0
-                continue
+        equal, failed = max(returns) == min(returns), not any(solved)
+        stats.equal_groups += equal
+        stats.equal_all_failed += equal and failed
+        stats.failed_groups += failed
         group_w = _scheme_weights(settings.scheme, returns, solved, settings.beta)
+        if settings.max_weight is not None:
+            stats.rows_clipped += sum(w > settings.max_weight for w in group_w)
+            group_w = [min(w, settings.max_weight) for w in group_w]
+        dropped = None
+        if settings.drop_failed_groups and failed:
+            dropped = "all failed"
+        elif settings.drop_equal_groups and equal:
+            dropped = "equal returns"
+        stats.add_group(ids[group], group_w, solved, dropped)
+        if dropped:
+            stats.rows_dropped += len(rows)
+            stats.groups_dropped += 1
+            for i in rows:
+                keep[i] = 0
+            continue
         for i, w in zip(rows, group_w):
             weights[i] = w
-        stats.add_group(group_w, solved)
     return _Plan(weights, keep, _diagnostics(stats, n_rows, settings))
 
 
@@ -258,7 +264,7 @@ def _mean(values: list[float]) -> float:
     return math.fsum(values) / len(values) if values else 0.0
 
 
-def _diagnostics(stats: _Stats, n_rows: int, settings: WeightSettings) -> dict:
+def _diagnostics(stats: _Stats, n_rows: int, settings: WeightsConfig) -> dict:
     total = math.fsum(stats.weight_total)
     return {
         "rows": n_rows,
@@ -275,8 +281,11 @@ def _diagnostics(stats: _Stats, n_rows: int, settings: WeightSettings) -> dict:
         "failed_weight_share": math.fsum(stats.weight_failed) / total if total > 0 else 0.0,
         "equal_return_groups": stats.equal_groups,
         "equal_return_groups_all_failed": stats.equal_all_failed,
+        "all_failed_groups": stats.failed_groups,
+        "rows_clipped": stats.rows_clipped,
         "max_weight": stats.max_weight,
         "settings": asdict(settings),
+        "per_group": stats.per_group,
     }
 
 
@@ -292,16 +301,13 @@ def _with_weight(row: dict, value: float, weight: float) -> dict:
 
 
 def weight_rows(
-    rows: Iterable[dict],
-    *,
-    gamma: float = 0.9,
-    beta: float = 0.1,
-    scheme: str = "drift",
-    drop_equal_groups: bool = False,
-    repeat_coef: float = 0.5,
+    rows: Iterable[dict], settings: WeightsConfig | None = None, **overrides: object
 ) -> list[dict]:
-    """Validated copies of `rows` plus `return` and `weight`, in input order (dropped groups left out)."""
-    settings = WeightSettings(gamma, beta, scheme, repeat_coef, drop_equal_groups).check()
+    """Validated copies of `rows` plus `return` and `weight`, in input order (dropped groups left out).
+
+    >>> weight_rows(rows, beta=0.3)  # or weight_rows(rows, recipe.weights)
+    """
+    settings = settings_of(settings, **overrides)
     rows = list(rows)
     collector = _Collector(settings)
     for index, row in enumerate(rows):
@@ -415,23 +421,25 @@ def _write_pass(
 def weight_file(
     in_path: PathLike,
     out_path: PathLike,
+    settings: WeightsConfig | None = None,
     *,
-    gamma: float = 0.9,
-    beta: float = 0.1,
-    scheme: str = "drift",
-    drop_equal_groups: bool = False,
-    repeat_coef: float = 0.5,
     show_progress: bool = True,
+    **overrides: object,
 ) -> dict:
-    """Stream a rollout JSONL into a weighted JSONL (two passes, atomic); write and return the diagnostics."""
-    settings = WeightSettings(gamma, beta, scheme, repeat_coef, drop_equal_groups).check()
+    """Stream a rollout JSONL into a weighted JSONL (two passes, atomic); write and return the diagnostics.
+
+    >>> weight_file("rollouts.jsonl", "weighted.jsonl", recipe.weights)  # or: beta=0.3, max_weight=16
+    """
+    settings = settings_of(settings, **overrides)
     _check_paths(in_path, out_path)
     collector = _Collector(settings)
     reserialize, signature = _read_pass(in_path, collector, show_progress)
     plan = _plan(collector)
     if not any(plan.keep):
         name = os.fspath(in_path)
-        raise UserError(f"{name}: every group has all-equal returns; drop_equal_groups left no rows")
+        raise UserError(
+            f"{name}: every group was dropped (drop_equal_groups / drop_failed_groups left no rows)"
+        )
     _write_pass(in_path, out_path, collector, plan, reserialize, signature, show_progress)
     diagnostics = {"input": os.fspath(in_path), "output": os.fspath(out_path), **plan.diagnostics}
     write_json_atomic(diagnostics_path(out_path), diagnostics)
@@ -445,6 +453,8 @@ def format_diagnostics(d: dict) -> str:
     if d["rows_dropped"]:
         dropped = f"; dropped {d['rows_dropped']} rows ({d['groups_dropped']} groups)"
     equal_note = "dropped" if s["drop_equal_groups"] else "kept at weight 1 (drop_equal_groups drops them)"
+    failed_note = "dropped" if s["drop_failed_groups"] else "kept (drop_failed_groups drops them)"
+    clip = f"; {d['rows_clipped']} clipped at {s['max_weight']}" if s["max_weight"] is not None else ""
     return "\n".join(
         [
             f"rows: {d['rows']} in {d['groups']} groups (size {size['min']}..{size['max']}, "
@@ -452,7 +462,8 @@ def format_diagnostics(d: dict) -> str:
             f"effective sample size per group: mean {ess['mean']:.2f}, min {ess['min']:.2f} "
             f"({100 * ess['mean_fraction_of_group']:.0f}% of group size on average)",
             f"weight on never-solved trajectories: {100 * d['failed_weight_share']:.1f}% of total; "
-            f"largest weight {d['max_weight']:.3g}",
+            f"largest weight {d['max_weight']:.3g}{clip}",
+            f"groups with no success: {d['all_failed_groups']}: {failed_note}",
             f"groups with all-equal returns: {d['equal_return_groups']} "
             f"({d['equal_return_groups_all_failed']} all failed): {equal_note}",
             f"settings: scheme={s['scheme']} gamma={s['gamma']} beta={s['beta']} "

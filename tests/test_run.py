@@ -241,7 +241,9 @@ def test_weights_equal_their_recomputation_from_the_rollouts(tiny_run):
     for i, row in enumerate(rollouts):
         groups.setdefault(row["prompt_id"], []).append(i)
     for members in groups.values():
-        returns = [trajectory_return(rollouts[i], w["gamma"], w["repeat_coef"]) for i in members]
+        returns = [
+            trajectory_return(rollouts[i], gamma=w["gamma"], repeat_coef=w["repeat_coef"]) for i in members
+        ]
         assert [weighted[i]["return"] for i in members] == returns
         expected = group_weights(returns, w["beta"])
         assert [weighted[i]["weight"] for i in members] == expected  # same floats, not just close
@@ -258,7 +260,7 @@ def test_run_dir_holds_the_recipe_versions_timings_and_summary(tiny_run):
     provenance = yaml.safe_load("\n".join(line.removeprefix("# ") for line in comments))
     assert {"python", "torch", "transformers", "peft", "drift-lite"} <= set(provenance)
     timings = json.loads((tiny_run / "timings.json").read_text())
-    assert list(timings) == ["eval-reference", "eval-trained", "rollout", "train", "weight"]
+    assert list(timings) == ["rollout", "weight", "train", "eval-reference", "eval-trained"]  # step order
     assert all(t["seconds"] >= 0 for t in timings.values())
     summary = json.loads((tiny_run / "adapter" / "summary.json").read_text())
     assert timings["train"]["train_tokens"] == summary["tokens_seen"] > 0
@@ -303,7 +305,8 @@ def test_cli_refuses_a_run_dir_of_another_recipe(tmp_path, capsys):
     before = sorted(root.rglob("*"))
     line = _one_line_error(capsys, ["run", str(RECIPE), "--out", str(root)])
     assert "holds a run of recipe 'first', not 'toy-drift' (use --force" in line
-    assert sorted(root.rglob("*")) == before and (root / "run.json").read_text().count("first") == 1
+    after = [p for p in sorted(root.rglob("*")) if p.name != ".drift-lite.lock"]  # the run's lock (flock)
+    assert after == before and (root / "run.json").read_text().count("first") == 1
 
 
 def test_cli_eval_with_a_missing_adapter_is_one_line(tmp_path, capsys, monkeypatch):
@@ -320,3 +323,66 @@ def test_run_creates_missing_parent_folders(tmp_path):
     (root / "run.json").write_text("{not json")
     with pytest.raises(UserError, match="holds a run of recipe '<unreadable run.json>'"):
         _claim(root, load_recipe(None), force=False)
+
+
+@pytest.mark.parametrize("change", ["weights.beta=0.3", "weights.max_weight=2"])
+def test_a_weight_setting_reruns_exactly_weight_train_and_eval_trained(tiny_run, tmp_path, change):
+    """The return's settings apply at the weight step only: the rollout and eval-reference stay."""
+    import shutil
+
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run, root)
+    folder = tiny_run.parent
+    log = run_quietly(tiny_recipe(folder, change), root)
+    ran = {line.split("[")[1].split("]")[0] for line in log.splitlines() if "] running" in line}
+    skipped = {line.split("[")[1].split("]")[0] for line in log.splitlines() if "up to date, skipped" in line}
+    assert ran == {"weight", "train", "eval-trained"}, log
+    assert skipped == {"rollout", "eval-reference"}, log
+    assert (root / "rollouts.jsonl").read_bytes() == (tiny_run / "rollouts.jsonl").read_bytes()
+
+
+def test_a_second_process_on_a_locked_run_folder_is_refused_and_changes_nothing(tiny_run, tmp_path):
+    """One writer per run folder: while another process holds it, `drift-lite run` exits 2 with one line."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run, root)
+    (root / "log.txt").unlink()
+    before = {
+        p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".drift-lite.lock"
+    }
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from drift_lite.files import exclusive_lock\n"
+            f"with exclusive_lock({str(root)!r}):\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        recipe = folder_recipe = tmp_path / "tiny.yaml"
+        folder_recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_run.parent).to_dict()))
+        second = subprocess.run(
+            [sys.executable, "-m", "drift_lite.cli", "run", str(recipe), "--out", str(root)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    lines = second.stderr.splitlines()
+    assert second.returncode == 2 and len(lines) == 1, second.stderr
+    assert f"pid {holder.pid}" in lines[0] and "another drift-lite process" in lines[0]
+    after = {
+        p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".drift-lite.lock"
+    }
+    assert after == before  # nothing written, not even the log

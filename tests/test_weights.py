@@ -145,7 +145,7 @@ def test_weight_file_matches_independent_formula(tmp_path: Path, gamma: float, b
 
 def test_returns_on_release_fixtures_by_hand() -> None:
     rows = read_jsonl(FULL)
-    returns = [trajectory_return(row, 0.9) for row in rows]
+    returns = [trajectory_return(row, gamma=0.9) for row in rows]
     sample_2 = rows[9]
     assert sample_2["answer_norms"] == ["101", "101", "99", "101", "100"] and sample_2["t_star"] == 5
     assert_close(returns[9], 0.9**4 - 0.5 * (1 - 3 / 5))
@@ -155,7 +155,7 @@ def test_returns_on_release_fixtures_by_hand() -> None:
     )  # sample_11: never solved, 1025 twice, two format errors
     assert_close(returns[3], 0.9**2 - 0.2)  # sample_0: solved at t3 after two format errors
     assert returns[4:8] == [1.0] * 4  # sample_1: all solved at t1
-    assert_close(trajectory_return(rows[9], 0.7, repeat_coef=0.0), 0.7**4)
+    assert_close(trajectory_return(rows[9], gamma=0.7, repeat_coef=0.0), 0.7**4)
 
 
 @pytest.mark.parametrize(("gamma", "beta"), [(0.9, 0.1), (0.7, 0.2)])
@@ -187,7 +187,7 @@ def test_turns_in_numeric_order() -> None:
         "messages": [{"role": "user", "content": ""}],
         "turn_rewards": {"t10": 1, "t9": 2},
     }
-    assert_close(trajectory_return(row, 0.9), 0.9**9 + 2 * 0.9**8)
+    assert_close(trajectory_return(row, gamma=0.9), 0.9**9 + 2 * 0.9**8)
 
 
 def test_group_mean_is_one_and_equal_groups_are_ones() -> None:
@@ -218,27 +218,29 @@ def test_extreme_returns_and_small_beta_stay_finite(beta: float) -> None:
 
 @pytest.mark.parametrize("beta", [0, -0.1, float("nan"), float("inf"), True, "0.1"])
 def test_bad_beta(beta: object) -> None:
-    with pytest.raises(UserError, match="^beta must be a finite number > 0, got "):
+    with pytest.raises(UserError, match="^key 'weights.beta': must be a finite number > 0, got "):
         group_weights([0.0, 1.0], beta)  # type: ignore[arg-type]
-    with pytest.raises(UserError, match="^beta must be"):
+    with pytest.raises(UserError, match="^key 'weights.beta': must be"):
         weight_rows(read_jsonl(FULL), beta=beta)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("gamma", [0, -0.5, 1.0000001, 2, float("nan"), None])
 def test_bad_gamma(gamma: object) -> None:
     row = read_jsonl(FULL)[0]
-    with pytest.raises(UserError, match=r"^gamma must be a number in \(0, 1\], got "):
-        trajectory_return(row, gamma)  # type: ignore[arg-type]
-    with pytest.raises(UserError, match="^gamma must be"):
+    with pytest.raises(UserError, match=r"^key 'weights.gamma': must be a number in \(0, 1\], got "):
+        trajectory_return(row, gamma=gamma)  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="^key 'weights.gamma': must be"):
         weight_rows([row], gamma=gamma)  # type: ignore[arg-type]
 
 
 def test_gamma_one_and_other_settings() -> None:
     row = read_jsonl(FULL)[9]
-    assert_close(trajectory_return(row, 1.0), 1.0 - 0.2)
-    with pytest.raises(UserError, match="^scheme must be one of drift, uniform, correct_only, got 'rft'$"):
+    assert_close(trajectory_return(row, gamma=1.0), 1.0 - 0.2)
+    with pytest.raises(
+        UserError, match="^key 'weights.scheme': must be one of drift, uniform, correct_only, got 'rft'$"
+    ):
         weight_rows([row], scheme="rft")
-    with pytest.raises(UserError, match="^repeat_coef must be a finite number >= 0"):
+    with pytest.raises(UserError, match="^key 'weights.repeat_coef': must be a finite number >= 0"):
         weight_rows([row], repeat_coef=-1)
     with pytest.raises(UserError, match="^no rows to weight$"):
         weight_rows([])
@@ -278,9 +280,56 @@ def test_drop_equal_groups(tmp_path: Path) -> None:
     assert read_jsonl(tmp_path / "out.jsonl") == kept
     assert (d["rows_written"], d["rows_dropped"], d["groups_dropped"]) == (2, 3, 2)
     src = write_jsonl(tmp_path / "equal.jsonl", [rows[1], rows[3], rows[4]])
-    with pytest.raises(UserError, match="every group has all-equal returns; drop_equal_groups left no rows$"):
+    with pytest.raises(
+        UserError, match=r"every group was dropped \(drop_equal_groups / drop_failed_groups left no rows\)$"
+    ):
         weight_file(src, tmp_path / "none.jsonl", drop_equal_groups=True, show_progress=False)
     assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_drop_failed_groups_on_hand_made_groups(tmp_path: Path) -> None:
+    msg = [{"role": "user", "content": "q"}]
+    failed_unequal = [  # no success, yet unequal returns (format penalties): drop_equal_groups keeps them
+        {"prompt_id": "d", "messages": msg, "turn_rewards": {"t1": 0.0}, "format_penalty": -0.1},
+        {"prompt_id": "d", "messages": msg, "turn_rewards": {"t1": 0.0}, "format_penalty": 0.0},
+    ]
+    rows = small_rows() + failed_unequal
+    assert [r["prompt_id"] for r in weight_rows(rows, drop_equal_groups=True)] == ["a", "a", "d", "d"]
+    kept = weight_rows(rows, drop_failed_groups=True)
+    assert [r["prompt_id"] for r in kept] == ["a", "a", "b"]  # c and d never succeeded; b did (t2 reward 0.5)
+    assert [r["weight"] for r in kept] == [
+        r["weight"] for r in weight_rows(small_rows()) if r["prompt_id"] != "c"
+    ]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    d = weight_file(src, tmp_path / "out.jsonl", drop_failed_groups=True, show_progress=False)
+    assert read_jsonl(tmp_path / "out.jsonl") == kept
+    assert (d["all_failed_groups"], d["groups_dropped"], d["rows_dropped"]) == (2, 2, 4)
+    dropped = {g["prompt_id"]: g["dropped"] for g in d["per_group"]}
+    assert dropped == {"a": None, "c": "all failed", "b": None, "d": "all failed"}
+    assert d["failed_weight_share"] < 0.01  # what is left is group a's failed row (weight ~0) only
+    assert "groups with no success: 2: dropped" in format_diagnostics(d)
+
+
+def test_max_weight_clips_after_normalizing_and_counts() -> None:
+    top, low = ref_weights([1.0, 0.0], 0.1)
+    clipped = [r["weight"] for r in weight_rows(small_rows(), max_weight=1.5)]
+    assert clipped[0] == 1.5 and math.isclose(clipped[2], low, rel_tol=1e-12)  # not renormalized
+    assert clipped[1] == clipped[3] == clipped[4] == 1.0
+    with pytest.raises(UserError, match=r"^key 'weights.max_weight': must be a finite number > 0"):
+        weight_rows(small_rows(), max_weight=0)
+    assert top > 1.5
+
+
+def test_per_group_diagnostics_ess_and_failed_share(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", small_rows())
+    d = weight_file(src, tmp_path / "out.jsonl", max_weight=1.5, show_progress=False)
+    top, low = 1.5, ref_weights([1.0, 0.0], 0.1)[1]
+    by_id = {g["prompt_id"]: g for g in d["per_group"]}
+    assert_close(by_id["a"]["ess"], (top + low) ** 2 / (top**2 + low**2))
+    assert_close(by_id["a"]["failed_weight_share"], low / (top + low))
+    assert (by_id["a"]["size"], by_id["a"]["solved"]) == (2, 1)
+    assert by_id["c"]["failed_weight_share"] == 1.0 and by_id["c"]["ess"] == 2.0
+    assert d["rows_clipped"] == 1 and "1 clipped at 1.5" in format_diagnostics(d)
 
 
 def test_diagnostics_values_and_file(tmp_path: Path, capsys) -> None:
@@ -301,6 +350,8 @@ def test_diagnostics_values_and_file(tmp_path: Path, capsys) -> None:
     assert_close(d["ess"]["mean_fraction_of_group"], (ess_a / 2 + 1 + 1) / 3)
     assert_close(d["failed_weight_share"], (low + 2) / (top + low + 1 + 2))
     assert d["settings"] == {
+        "drop_failed_groups": False,
+        "max_weight": None,
         "gamma": 0.9,
         "beta": 0.1,
         "scheme": "drift",
@@ -310,7 +361,7 @@ def test_diagnostics_values_and_file(tmp_path: Path, capsys) -> None:
     text = format_diagnostics(d)
     assert text.startswith("rows: 5 in 3 groups (size 1..2, mean 1.67); written 5\n")
     assert "groups with all-equal returns: 2 (1 all failed)" in text
-    assert len(text.splitlines()) == 5
+    assert len(text.splitlines()) == 6
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -485,6 +536,6 @@ def test_bad_paths(tmp_path: Path, monkeypatch, src: str, dst: str, pattern: str
 
 def test_bad_settings_create_nothing(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", small_rows())
-    with pytest.raises(UserError, match="^beta must be"):
+    with pytest.raises(UserError, match="^key 'weights.beta': must be"):
         weight_file(src, tmp_path / "out.jsonl", beta=0, show_progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
