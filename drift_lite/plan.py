@@ -1,37 +1,8 @@
 """`drift-lite check`: validate a recipe, resolve its data and print the plan: sizes, tokens, memory, time.
 
-Memory and time are estimates from the model's architecture, not measurements: they say whether a setting
-can fit a GPU before the GPU is rented. Bytes unless named otherwise; P = parameters, L = layers, h = hidden,
-I = MLP width, V = vocabulary, B = batch, T = tokens of the longest sequence.
-
-Training (QLoRA as `models.prepare_for_training` sets it up; peak of one micro-batch):
-- base weights: nf4 = 4 bits + 0.127 bits of double-quantized block constants (blocks of 64 weights with an
-  8-bit absmax, 256 of those with one fp32 constant) per projection weight. `prepare_model_for_kbit_training`
-  upcasts the parameters nf4 leaves alone (embeddings, lm_head, norms, q/k/v biases) to fp32: 4 bytes each.
-  lora: every weight in `model.dtype`; full: see the next item.
-- trainable + AdamW: LoRA parameters are fp32: weight + grad + 2 moments = 16 bytes each. Full fine-tuning
-  keeps all four in `model.dtype` (4 x its bytes per parameter).
-- activations: the training forward runs without autocast, so after the fp32 upcast the residual stream is
-  fp32 (qlora; else `model.dtype`). Tensors autograd keeps per token and layer: ~(14h + 3I + T) elements,
-  fitted to saved-tensor-hook counts of CPU runs of small Qwen2 shapes (h 256-512, I 1024-2048, T 256-512)
-  in nf4 + LoRA q/k/v/o (the T term is a per-layer mask-sized tensor of CPU attention; CUDA SDPA keeps
-  less). On CUDA the kit checkpoints every decoder layer (`models.use_gradient_checkpointing`): L layer
-  inputs (B*T*h) stay, and one layer's full set is rebuilt during backward. Without checkpointing (CPU) all
-  L layers' sets stay.
-- logits: only scored positions are projected (`logits_to_keep`), K = B x (last turn + eos); the fp32 logits,
-  the saved log-softmax and its gradient make ~3 fp32 copies of K x V at the start of backward. That moment
-  and the recomputed layer do not overlap, so the peak counts the larger of the two.
-Generation (rollouts, evaluation; inference mode, no adapter merge):
-- weights as loaded for sampling (`model.quantization`: nf4 as above but non-quantized parts in the compute
-  dtype; none: all in `model.dtype`); KV cache B x context x 2·L·kv_heads·head_dim in the compute dtype; every
-  turn re-reads the conversation (no cache reuse across turns), so prefill holds the KV of the longest
-  prompt plus one layer's MLP intermediates (~(3I + 4h) per token) and a B·T² boolean mask; decoding then
-  grows the cache to the full context. The peak counts the larger of prefill and the end of decoding.
-On a GPU the total adds 10% allocator fragmentation and 0.5 GiB of CUDA context and cuBLAS workspace.
-
-Lengths: the first prompt (system + instruction + problem + chat template) is budgeted at PROMPT_TOKENS, each
-feedback turn at FEEDBACK_TOKENS (more in `full` mode), each worked example at SHOT_TOKENS. Time ranges use
-the stated throughput assumptions below; they are rough (a factor of ~2 either way).
+The memory and time estimates come from the cost model in `costs.py` (its docstring states the formulas);
+this module validates the recipe, resolves every problem source (offline, a shipped fixture stands in for a
+hub dataset) and formats the plan.
 """
 
 from __future__ import annotations
@@ -40,29 +11,30 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from drift_lite.costs import (
+    BATCH_STEPS,
+    EVAL_TURNS,
+    FEEDBACK_TOKENS,
+    GPU_FLOPS,
+    PROMPT_TOKENS,
+    TURN_FILL,
+    TURNS,
+    Arch,
+    Lengths,
+    arch_for,
+    formula,
+    generation_hours,
+    generation_memory,
+    gpu_class,
+    lengths,
+    on_gpu_total,
+    size,
+    step_seconds,
+    training_hours,
+    training_memory,
+)
 from drift_lite.errors import UserError
 from drift_lite.tasks.loading import hub_offline
-
-GIB = 1024**3
-NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # 4.127 bits per quantized weight (QLoRA double quantization)
-PROMPT_TOKENS = 400  # first prompt: system + instruction + problem + template (all but the longest problems)
-FEEDBACK_TOKENS = {"simple": 20, "full": 80}  # user feedback turn + chat-template tokens around it
-SHOT_TOKENS = 150  # one worked example (user + assistant turn)
-CUDA_FIXED = 0.5 * GIB
-FRAGMENTATION = 1.10
-
-# Time assumptions: one RTX 3090/4090-class GPU (~1 TB/s, 36-83 bf16 TFLOP/s peak; a 12 GB RTX 3060 is 2-3x
-# slower), HF `generate` in eager mode:
-LAYER_STEP_S = (0.5e-3, 1.0e-3)  # per decoder layer per decoding step: kernel launches and Python
-BANDWIDTH = (1000e9, 900e9)  # bytes/s of GPU memory
-NF4_STEP_BYTES = 4.5  # bytes moved per nf4 weight per step: read nf4, write and read a bf16 copy (batch > 1)
-GUMBEL_S_PER_ENTRY = (2.5e-9, 7e-9)  # CPU RNG of rollout.PerRowGumbelSampler per vocab entry (6.4 ns here)
-GPU_FLOPS = (25e12, 10e12)  # effective FLOP/s of QLoRA training (~30% of bf16 peak: fp32 activations)
-PREFILL_FLOPS = (50e12, 20e12)  # effective FLOP/s of prefill (large bf16 matmuls, ~55% of peak)
-TURNS = (2.0, 3.5)  # mean turns per trajectory: about half solved at turn 1, failures run all turns
-EVAL_TURNS = (1.5, 3.0)  # the same when decoding greedily (more problems solved at turn 1)
-TURN_FILL = (0.4, 0.9)  # mean generated tokens per turn / max_new_tokens
-BATCH_STEPS = (0.8, 1.0)  # decoding steps of one batched turn / max_new_tokens (the longest row decides)
 
 # Published sizes of the datasets (all rows), to plan a recipe that asks for all of them while offline.
 FULL_SIZES = {
@@ -75,253 +47,6 @@ FULL_SIZES = {
     "mmlu_redux": 5_700,
     "mmlu_pro": 12_032,
 }
-
-
-@dataclass(frozen=True)
-class Arch:
-    """What memory and compute depend on in a Qwen2/Llama-style decoder."""
-
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    tied: bool
-    qkv_bias: bool = True  # Qwen2 has q/k/v biases, Llama does not
-
-    @property
-    def head_dim(self) -> int:
-        """Width of one attention head."""
-        return self.hidden // self.heads
-
-    @property
-    def kv_width(self) -> int:
-        """Width of the k and v projections (grouped-query attention)."""
-        return self.kv_heads * self.head_dim
-
-    def linear_params(self) -> int:
-        """Weights of the attention and MLP projections (what nf4 quantizes)."""
-        h, kv = self.hidden, self.kv_width
-        return self.layers * (2 * h * h + 2 * h * kv + 3 * h * self.intermediate)
-
-    def embedding_params(self) -> int:
-        """Input embedding plus an untied lm_head (never quantized)."""
-        return self.vocab * self.hidden * (1 if self.tied else 2)
-
-    def small_params(self) -> int:
-        """Norm weights and q/k/v biases (never quantized)."""
-        bias = self.hidden + 2 * self.kv_width if self.qkv_bias else 0
-        return self.layers * (2 * self.hidden + bias) + self.hidden
-
-    def total_params(self) -> int:
-        """All parameters."""
-        return self.linear_params() + self.embedding_params() + self.small_params()
-
-    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
-        """KV-cache bytes per token (all layers)."""
-        return 2 * self.layers * self.kv_width * dtype_bytes
-
-    def lora_params(self, r: int, targets: list[str]) -> int:
-        """LoRA parameters for rank r on the named projections."""
-        h, kv, i = self.hidden, self.kv_width, self.intermediate
-        fan = {"q_proj": h + h, "k_proj": h + kv, "v_proj": h + kv, "o_proj": h + h}
-        fan |= {"gate_proj": h + i, "up_proj": h + i, "down_proj": i + h}
-        return self.layers * sum(r * fan[t] for t in targets if t in fan)
-
-
-# config.json of each model on the hub (layers, hidden, intermediate, heads, kv heads, vocab, tied), so the
-# plan works offline. Parameter totals, as published: 0.49B, 1.54B, 3.09B, 7.62B, 134.5M (tests check them).
-KNOWN_ARCHS = {
-    "Qwen/Qwen2.5-0.5B-Instruct": Arch(24, 896, 4864, 14, 2, 151936, True),
-    "Qwen/Qwen2.5-1.5B-Instruct": Arch(28, 1536, 8960, 12, 2, 151936, True),
-    "Qwen/Qwen2.5-3B-Instruct": Arch(36, 2048, 11008, 16, 2, 151936, True),
-    "Qwen/Qwen2.5-7B-Instruct": Arch(28, 3584, 18944, 28, 4, 152064, False),
-    "smollm2-135m": Arch(30, 576, 1536, 9, 3, 49152, True, qkv_bias=False),
-}
-
-
-def arch_for(model_name: str, toy=None) -> Arch:
-    """The architecture of a recipe's model: the toy settings, the known table, or a local config.json."""
-    if model_name == "toy":
-        from drift_lite.recipe import ToyConfig
-        from drift_lite.toy_tokenizer import build_toy_tokenizer
-
-        t = toy if toy is not None else ToyConfig()
-        vocab = len(build_toy_tokenizer())
-        return Arch(t.layers, t.hidden_size, t.intermediate_size, t.heads, t.kv_heads, vocab, True)
-    if model_name in KNOWN_ARCHS:
-        return KNOWN_ARCHS[model_name]
-    config = Path(model_name).expanduser() / "config.json"
-    if config.is_file():
-        import json
-
-        c = json.loads(config.read_text())
-        try:
-            return Arch(
-                c["num_hidden_layers"],
-                c["hidden_size"],
-                c["intermediate_size"],
-                c["num_attention_heads"],
-                c.get("num_key_value_heads", c["num_attention_heads"]),
-                c["vocab_size"],
-                bool(c.get("tie_word_embeddings", False)),
-                bool(c.get("attention_bias", c.get("model_type") == "qwen2")),
-            )
-        except KeyError as e:
-            raise UserError(f"{config}: no '{e.args[0]}' (need a Llama/Qwen2-style decoder config)") from None
-    known = ", ".join(["toy", *KNOWN_ARCHS])
-    raise UserError(f"model '{model_name}': architecture unknown offline (known: {known}; or a local folder)")
-
-
-def _dtype_bytes(dtype: str) -> int:
-    return 4 if dtype == "float32" else 2
-
-
-@dataclass(frozen=True)
-class Lengths:
-    """Token lengths the estimates use."""
-
-    prompt: int  # longest rendered prompt of a turn (the last turn's)
-    context: int  # longest prompt + one generated turn
-
-
-def lengths(recipe, max_new: int) -> Lengths:
-    """The longest prompt and context of an episode with `max_new` tokens per turn."""
-    env = recipe.env
-    first = PROMPT_TOKENS + SHOT_TOKENS * env.shots
-    prompt = first + (env.max_turns - 1) * (max_new + FEEDBACK_TOKENS[env.mode])
-    return Lengths(prompt, prompt + max_new)
-
-
-def training_memory(arch: Arch, recipe, seq_len: int, *, checkpointing: bool) -> dict[str, float]:
-    """Peak memory of one training micro-batch by part, plus `total` (see the module docstring)."""
-    t, act_bytes = recipe.train, _dtype_bytes(recipe.model.dtype)
-    unquantized = arch.embedding_params() + arch.small_params()
-    parts: dict[str, float] = {}
-    if t.finetune == "qlora":
-        parts["nf4 weights"] = arch.linear_params() * NF4_BITS / 8
-        parts["fp32 embeddings/norms"] = unquantized * 4
-        parts["LoRA, grads, AdamW"] = arch.lora_params(t.lora_r, t.target_modules) * 16
-        act_bytes = 4
-    elif t.finetune == "lora":
-        parts["weights"] = arch.total_params() * act_bytes
-        parts["LoRA, grads, AdamW"] = arch.lora_params(t.lora_r, t.target_modules) * 16
-    else:
-        parts["weights, grads, AdamW"] = arch.total_params() * act_bytes * 4
-    tokens = t.batch_size * seq_len
-    layer = tokens * (14 * arch.hidden + 3 * arch.intermediate + seq_len) * act_bytes
-    if checkpointing:
-        parts["layer inputs"] = arch.layers * tokens * arch.hidden * act_bytes
-        parts["recomputed layer"] = layer + 2 * tokens * arch.hidden * act_bytes  # + gradients in flight
-    else:
-        parts["activations"] = arch.layers * layer
-    scored = t.batch_size * (recipe.rollout.max_new_tokens + 1)
-    if t.target == "all":
-        scored *= recipe.env.max_turns
-    parts["logits"] = 3 * min(scored, tokens) * arch.vocab * 4
-    parts["total"] = total_of(parts)
-    return parts
-
-
-def generation_memory(arch: Arch, model, batch: int, lens: Lengths) -> dict[str, float]:
-    """Peak memory of batched multi-turn generation by part, plus `total` (see the module docstring)."""
-    nbytes = _dtype_bytes(model.dtype)
-    unquantized = (arch.embedding_params() + arch.small_params()) * nbytes
-    if model.quantization == "nf4":
-        weights = arch.linear_params() * NF4_BITS / 8 + unquantized
-    else:
-        weights = arch.total_params() * nbytes
-    kv = arch.kv_bytes_per_token(nbytes)
-    prefill = batch * lens.prompt * (kv + (3 * arch.intermediate + 4 * arch.hidden) * nbytes + lens.prompt)
-    decode = batch * lens.context * kv * (1 + 1 / arch.layers)  # + one layer's copy as the cache grows
-    parts = {"weights": weights, "logits": 3 * batch * arch.vocab * 4, "prefill": prefill, "decoding": decode}
-    parts["total"] = total_of(parts)
-    return parts
-
-
-# Parts that are never live together: the peak counts the larger one of each pair.
-EXCLUSIVE = (("recomputed layer", "logits"), ("prefill", "decoding"))
-
-
-def total_of(parts: dict[str, float]) -> float:
-    """Sum of the parts, counting only the larger of each exclusive pair."""
-    total = sum(v for k, v in parts.items() if k != "total")
-    for a, b in EXCLUSIVE:
-        if a in parts and b in parts:
-            total -= min(parts[a], parts[b])
-    return total
-
-
-def formula(parts: dict[str, float], gpu: bool) -> str:
-    """How `total_of` adds the parts up."""
-    pairs = [(a, b) for a, b in EXCLUSIVE if a in parts and b in parts]
-    paired = {k for pair in pairs for k in pair}
-    terms = [f"{k} {size(parts[k])}" for k in parts if k not in paired and k != "total"]
-    terms += [f"max({a} {size(parts[a])}, {b} {size(parts[b])})" for a, b in pairs]
-    text = " + ".join(terms)
-    return f"({text}) x {FRAGMENTATION:g} + {size(CUDA_FIXED)} CUDA context" if gpu else text
-
-
-def size(nbytes: float) -> str:
-    """Bytes as GiB (MiB below 1 GiB)."""
-    return f"{nbytes / GIB:.1f} GiB" if nbytes >= GIB else f"{nbytes / 2**20:.0f} MiB"
-
-
-def on_gpu_total(parts: dict[str, float]) -> float:
-    """Allocated peak plus allocator fragmentation and CUDA context."""
-    return parts["total"] * FRAGMENTATION + CUDA_FIXED
-
-
-def gpu_class(nbytes: float) -> str:
-    """The smallest common GPU memory size that holds `nbytes` (GB as sold, 1e9 bytes)."""
-    for size in (8, 12, 16, 24, 48, 80):
-        if nbytes <= size * 1e9 * 0.97:  # the driver keeps a little
-            return f"{size} GB"
-    return "more than 80 GB"
-
-
-def step_seconds(arch: Arch, model, batch: int, context: float, sampled: bool) -> tuple[float, float]:
-    """(fast, slow) seconds of one batched decoding step of HF `generate`."""
-    nbytes = _dtype_bytes(model.dtype)
-    per_param = NF4_STEP_BYTES if model.quantization == "nf4" else nbytes
-    moved = arch.linear_params() * per_param + arch.vocab * arch.hidden * nbytes
-    moved += batch * context * arch.kv_bytes_per_token(nbytes)
-    out = []
-    for k in range(2):
-        s = arch.layers * LAYER_STEP_S[k] + moved / BANDWIDTH[k]
-        out.append(s + (batch * arch.vocab * GUMBEL_S_PER_ENTRY[k] if sampled else 0.0))
-    return out[0], out[1]
-
-
-def generation_hours(
-    arch: Arch, model, episodes: int, batch: int, max_new: int, lens: Lengths, sampled: bool, turns=TURNS
-) -> tuple[float, float]:
-    """(low, high) hours to play `episodes` multi-turn episodes, `batch` at a time: per batched turn, a
-    prefill of the conversation so far (2P FLOPs per token) and the decoding steps."""
-    mean_prompt = (PROMPT_TOKENS + lens.prompt) / 2
-    step = step_seconds(arch, model, batch, mean_prompt + max_new / 2, sampled)  # mean context of a step
-    out = []
-    for k in range(2):
-        prefill = batch * mean_prompt * 2 * arch.linear_params() / PREFILL_FLOPS[k]
-        turn = prefill + BATCH_STEPS[k] * max_new * step[k]
-        out.append(math.ceil(episodes * turns[k] / batch) * turn / 3600)
-    return out[0], out[1]
-
-
-def training_hours(arch: Arch, recipe, rows: int, row_tokens: tuple[float, float]) -> tuple[float, float]:
-    """(low, high) hours of training: 6P FLOPs per token for projections (forward, recomputation, input
-    gradients; 8P for full fine-tuning), 8·L·h·T for attention, 6·V·h per scored token for the lm_head."""
-    t = recipe.train
-    linear = 8 if t.finetune == "full" else 6
-    scored = recipe.rollout.max_new_tokens + 1
-    out = []
-    for k in range(2):
-        tokens = rows * t.epochs * row_tokens[k]
-        flops = tokens * (linear * arch.linear_params() + 8 * arch.layers * arch.hidden * row_tokens[k] / 2)
-        flops += rows * t.epochs * scored * 6 * arch.vocab * arch.hidden
-        out.append(flops / GPU_FLOPS[k] / 3600)
-    return out[0], out[1]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -521,7 +246,7 @@ def format_plan(recipe, p: Plan) -> str:
         f"{p.train_seq} tokens (train.max_length {tr.max_length}{cut})"
     )
     where = "GPU memory" if p.gpu else "memory (host RAM: a CPU run, no checkpointing)"
-    lines.append(f"peak {where}, estimated (formulas in drift_lite/plan.py):")
+    lines.append(f"peak {where}, estimated (formulas in drift_lite/costs.py):")
     batches = {
         "training": f"micro-batch {tr.batch_size} x {p.train_seq} tokens{', checkpointed' if p.gpu else ''}",
         "rollout": f"batch {r.batch_size} x {p.rollout_lengths.context} tokens",

@@ -1,29 +1,14 @@
-"""Weighted SFT: last-assistant examples, prefix masking, a weight-carrying collator, the loss, a Trainer.
+"""Weighted SFT training bookkeeping: the Trainer subclass, checkpoints and resume, the output folder.
 
-Choices, documented here once:
+The data side lives in `examples.py` (rows → masked examples, collator, step order) and the loss in
+`loss.py` (mean_i w_i · token-mean NLL_i, one denominator per optimizer step).
 
-- **Examples.** The last assistant message is the target (`train.target: all` trains every assistant turn).
-  The prompt is the conversation before it rendered with the generation prompt plus the `<think>` prefill
-  (`chat.render_prompt`); stored assistant content starts with `<think>`, so the target starts right after the
-  prefill. The prompt text must be a prefix of the full text and its token ids a prefix of the full ids, or
-  the run stops with an error naming the model. Labels run through the end-of-turn (eos) token; template
-  tokens after it (a newline) are cut from the sequence: the model never generates them.
-- **Too long.** Over `train.max_length`, the prompt is cut from the LEFT and the last assistant turn is kept
-  whole (counted and reported). Dropping long rows instead would silently change the data mix: long rows are
-  the multi-turn failures, so dropping them shifts the per-group self-normalized weights and turns uniform SFT
-  towards RFT. A row whose last turn alone does not fit is dropped (counted).
-- **Zero weights.** Rows with weight exactly 0 are skipped before batching: they contribute no gradient, only
-  compute. DRIFT's exp-weights are never exactly 0; exact zeros come from `correct_only` (RFT), whose batch
-  mean then runs over the rows that train, as RFT means.
 - **Loss and gradient accumulation.** Per row l_i = token-mean NLL; `normalize: mean` gives Σ w_i l_i / n,
   `weight_sum` gives Σ w_i l_i / Σ w_i, where n and Σ w run over the whole optimizer step (all micro-batches).
   `get_batch_samples` (the Trainer calls it once per optimizer step with that step's micro-batches) computes
   the step's denominator and hands it to every micro-batch; each micro-batch returns Σ_micro w_i l_i / denom,
   and `loss_is_scaled_for_ga = True` stops the Trainer from dividing again. So b × GA k is the same update as
   b·k × GA 1 for both normalizations, including a short last step.
-- **Order.** Rows are taken in file order (the release does not shuffle) unless `train.shuffle` (seeded per
-  epoch). `train.group_by_length` sorts rows by length only inside each optimizer step's window (b × GA rows):
-  which rows share a step never changes, so the update is the one without grouping, and padding shrinks.
 - **Output.** `out_dir` holds the adapter (or full model), tokenizer, `recipe.yaml`, `train_log.jsonl`,
   `trainer_state.json`, `summary.json`, and `done.json` written last (`is_complete`). Final files are written
   into a temp folder and renamed in; checkpoints go to `out_dir/checkpoints` and a rerun resumes from the last
@@ -33,297 +18,34 @@ Choices, documented here once:
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
-from drift_lite.chat import THINK_PREFILL, render_prompt
 from drift_lite.errors import UserError
+from drift_lite.examples import (
+    ExampleDataset,
+    StepOrderSampler,
+    WeightedCollator,
+    build_examples,
+    read_weighted_rows,
+    weight_diagnostics,
+)
+from drift_lite.files import atomic_writer, read_json, settings_hash, write_json_atomic
+from drift_lite.loss import IGNORE, sequence_nll, step_denominator, weighted_loss
 from drift_lite.recipe import Recipe, TrainConfig, dump_recipe
+from drift_lite.versions import package_versions
 
-IGNORE = -100
 DONE_FILE = "done.json"
 FINGERPRINT_FILE = "train_fingerprint.json"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_COMPLETE = "checkpoint_complete"
 _FINAL_TMP = ".final.tmp"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Data
-
-
-def read_weighted_rows(path: str | os.PathLike) -> list[dict]:
-    """Read weighted rows; a missing, non-finite or negative `weight` is a one-line UserError."""
-    from drift_lite.records import is_finite_number, iter_rows, json_type
-
-    rows = []
-    for i, row in enumerate(iter_rows(path), 1):
-        if "weight" not in row:
-            raise UserError(
-                f"{path}: row {i}: field 'weight' missing (train needs weighted rows: run `weight`)"
-            )
-        w = row["weight"]
-        if not is_finite_number(w):
-            raise UserError(f"{path}: row {i}: field 'weight': expected a finite number, got {json_type(w)}")
-        if w < 0:
-            raise UserError(f"{path}: row {i}: field 'weight': expected a number >= 0, got {w}")
-        if row["messages"][-1]["role"] != "assistant":
-            role = row["messages"][-1]["role"]
-            raise UserError(
-                f"{path}: row {i}: last message is '{role}', expected the assistant turn to train on"
-            )
-        rows.append(row)
-    return rows
-
-
-def weight_diagnostics(rows: list[dict]) -> dict:
-    """Rows, mean/min/max weight and zero-weight rows of a weighted data set."""
-    weights = [float(r["weight"]) for r in rows]
-    return {
-        "rows": len(weights),
-        "weight_mean": sum(weights) / len(weights) if weights else 0.0,
-        "weight_min": min(weights, default=0.0),
-        "weight_max": max(weights, default=0.0),
-        "zero_weight_rows": sum(1 for w in weights if w == 0),
-    }
-
-
-@dataclass
-class Example:
-    """One training sequence: token ids, labels (IGNORE where masked), the row's weight and index."""
-
-    input_ids: list[int]
-    labels: list[int]
-    weight: float
-    row: int
-
-
-def _ids(tokenizer, text: str) -> list[int]:
-    # The chat template already writes any BOS it wants; letting the tokenizer add one would double it.
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def _prefix_error(model_name: str, row: int, what: str) -> UserError:
-    return UserError(
-        f"model {model_name}: its chat template breaks the prompt-prefix property ({what}, row {row}); "
-        "cannot mask the prompt by token prefix"
-    )
-
-
-def example_spans(tokenizer, messages: list[dict], target: str, model_name: str, row: int = 0):
-    """(full token ids, [(start, end)] label spans) of the assistant turns to train on."""
-    full_text = tokenizer.apply_chat_template(messages, tokenize=False)
-    full_ids = _ids(tokenizer, full_text)
-    eos = tokenizer.eos_token_id
-    turns = [j for j, m in enumerate(messages) if m["role"] == "assistant"]
-    if target == "last":
-        turns = turns[-1:]
-    spans = []
-    for j in turns:
-        history = messages[:j]
-        if messages[j]["content"].startswith(THINK_PREFILL):
-            prompt = render_prompt(tokenizer, history)
-        else:  # content without the prefill (not written by the kit): the plain generation prompt
-            prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
-        upto = (
-            full_text
-            if j == len(messages) - 1
-            else tokenizer.apply_chat_template(messages[: j + 1], tokenize=False)
-        )
-        if not (upto.startswith(prompt) and full_text.startswith(upto)):
-            raise _prefix_error(model_name, row, "text")
-        prompt_ids = _ids(tokenizer, prompt)
-        upto_ids = full_ids if upto is full_text else _ids(tokenizer, upto)
-        if full_ids[: len(prompt_ids)] != prompt_ids or full_ids[: len(upto_ids)] != upto_ids:
-            raise _prefix_error(model_name, row, "token ids")
-        start, end = len(prompt_ids), len(upto_ids)
-        turn = upto_ids[start:end]
-        if (
-            eos is not None and eos in turn
-        ):  # stop after the end-of-turn token: what follows is never generated
-            end = start + len(turn) - turn[::-1].index(eos)
-        if end > start:
-            spans.append((start, end))
-    return full_ids, spans
-
-
-def build_examples(
-    rows: list[dict], tokenizer, train: TrainConfig, model_name: str
-) -> tuple[list[Example], dict]:
-    """Tokenize rows into masked examples (zero-weight rows skipped, long prompts cut from the left)."""
-    examples: list[Example] = []
-    stats = {"truncated": 0, "dropped_too_long": 0, "dropped_empty": 0}
-    for i, row in enumerate(rows, 1):
-        weight = float(row["weight"])
-        if weight == 0:
-            continue
-        ids, spans = example_spans(tokenizer, row["messages"], train.target, model_name, i)
-        if not spans:
-            stats["dropped_empty"] += 1
-            continue
-        ids = ids[: spans[-1][1]]
-        labels = [IGNORE] * len(ids)
-        for a, b in spans:
-            labels[a:b] = ids[a:b]
-        if len(ids) > train.max_length:
-            cut = len(ids) - train.max_length
-            if spans[-1][0] - cut < 1:  # the last turn plus one token of context must fit
-                stats["dropped_too_long"] += 1
-                continue
-            ids, labels = ids[cut:], labels[cut:]
-            labels[0] = IGNORE  # nothing before it to predict it from
-            stats["truncated"] += 1
-        examples.append(Example(ids, labels, weight, i))
-    return examples, stats
-
-
-class ExampleDataset(Dataset):
-    """A list of examples as the dicts the collator takes."""
-
-    def __init__(self, examples: list[Example]) -> None:
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict:
-        e = self.examples[i]
-        return {"input_ids": e.input_ids, "labels": e.labels, "weight": e.weight}
-
-
-class WeightedCollator:
-    """Right-pads a micro-batch and carries each row's `weight`."""
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, features: list[dict]) -> dict:
-        """Pad to the longest sequence of the micro-batch (padding: attention 0, label IGNORE)."""
-        n = max(len(f["input_ids"]) for f in features)
-        input_ids = torch.full((len(features), n), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), n), IGNORE, dtype=torch.long)
-        attention = torch.zeros((len(features), n), dtype=torch.long)
-        for i, f in enumerate(features):
-            k = len(f["input_ids"])
-            input_ids[i, :k] = torch.tensor(f["input_ids"])
-            labels[i, :k] = torch.tensor(f["labels"])
-            attention[i, :k] = 1
-        weight = torch.tensor([float(f["weight"]) for f in features], dtype=torch.float32)
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "weight": weight}
-
-
-def step_order(
-    lengths: list[int], step_rows: int, *, shuffle: bool, group_by_length: bool, seed: int, epoch: int
-) -> list[int]:
-    """The row order of one epoch: file order (or a seeded permutation), sorted by length within each step."""
-    order = list(range(len(lengths)))
-    if shuffle:
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(len(order), generator=generator).tolist()
-    if group_by_length:
-        # Longest first inside each optimizer step: the step's row set (hence its update) is unchanged.
-        order = [
-            i
-            for start in range(0, len(order), step_rows)
-            for i in sorted(order[start : start + step_rows], key=lambda k: -lengths[k])
-        ]
-    return order
-
-
-class StepOrderSampler(Sampler[int]):
-    """Deterministic sampler yielding `step_order` for the current epoch."""
-
-    def __init__(
-        self, lengths: list[int], step_rows: int, *, shuffle: bool, group_by_length: bool, seed: int
-    ):
-        self.lengths, self.step_rows = lengths, step_rows
-        self.shuffle, self.group_by_length, self.seed = shuffle, group_by_length, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (only matters when shuffling)."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        return iter(
-            step_order(
-                self.lengths,
-                self.step_rows,
-                shuffle=self.shuffle,
-                group_by_length=self.group_by_length,
-                seed=self.seed,
-                epoch=self.epoch,
-            )
-        )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Loss
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def sequence_nll(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
-    """Token-mean NLL of each row over its labeled tokens (shape [batch])."""
-    targets = labels[:, 1:]
-    keep = targets != IGNORE  # position t predicts token t+1
-    keep_full = torch.cat([keep, torch.zeros_like(keep[:, :1])], dim=1)
-    if _accepts_logits_to_keep(model):
-        # Project only the positions that are scored onto the vocabulary: prompts are most of each sequence.
-        out = model(
-            input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep_full, use_cache=False
-        )
-        logits = out.logits
-        if logits.dim() == 3:  # a model that ignored the boolean mask
-            logits = logits[keep_full]
-    else:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        logits = out.logits[keep_full]
-    nll = F.cross_entropy(logits.float(), targets[keep], reduction="none")
-    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(keep)[keep]
-    per_row = torch.zeros(labels.shape[0], dtype=nll.dtype, device=nll.device).index_add_(0, rows, nll)
-    return per_row / keep.sum(dim=1).clamp(min=1)
-
-
-def step_denominator(weights: list[torch.Tensor], normalize: str) -> torch.Tensor:
-    """What Σ w_i l_i is divided by over one optimizer step: its row count (`mean`) or weight sum."""
-    if normalize == "mean":
-        return torch.tensor(float(sum(int(w.numel()) for w in weights)))
-    total = float(sum(float(w.sum()) for w in weights))
-    return torch.tensor(total if total > 0 else 1.0)
-
-
-def weighted_loss(nll: torch.Tensor, weight: torch.Tensor, denominator: torch.Tensor | float) -> torch.Tensor:
-    """Σ_i w_i · nll_i / denominator (one micro-batch's share of the step loss)."""
-    return (weight.to(nll.dtype) * nll).sum() / denominator
-
-
-def batch_loss(model, batch: dict, normalize: str = "mean") -> torch.Tensor:
-    """The loss of one batch taken as a whole optimizer step (for checks and single-batch use)."""
-    nll = sequence_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    return weighted_loss(nll, batch["weight"], step_denominator([batch["weight"]], normalize).to(nll.device))
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Trainer
@@ -400,13 +122,13 @@ def _drop_incomplete_checkpoints(folder: Path) -> None:
 def is_complete(out_dir: str | os.PathLike) -> bool:
     """Whether out_dir holds a finished training output (done.json present, every file it lists intact)."""
     out = Path(out_dir)
+    done = _read_dict(out / DONE_FILE)
     try:
-        done = json.loads((out / DONE_FILE).read_text())
         files = done["files"]
         return all(
             (out / name).is_file() and (out / name).stat().st_size == size for name, size in files.items()
         )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, KeyError, TypeError, AttributeError):
         return False
 
 
@@ -423,35 +145,12 @@ def _fingerprint(recipe: Recipe, base: str, data_sha: str) -> str:
     picked = {"model": data["model"], "train": data["train"], "base": base, "data": data_sha}
     if recipe.model.name == "toy":
         picked["toy"] = data["toy"]
-    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+    return settings_hash(picked)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def _read_dict(path: Path) -> dict | None:
+    data = read_json(path)
     return data if isinstance(data, dict) else None
-
-
-def _write_json(path: Path, data: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _versions() -> dict:
-    import peft
-    import transformers
-
-    import drift_lite
-
-    return {
-        "drift_lite": drift_lite.__version__,
-        "torch": str(torch.__version__),
-        "transformers": str(transformers.__version__),
-        "peft": str(peft.__version__),
-    }
 
 
 def _progress(show: bool, message: str) -> None:
@@ -464,10 +163,10 @@ def _check_out_dir(out: Path, base: str, fingerprint: str, resume: bool) -> dict
     from drift_lite.models import check_adapter_base, same_base
 
     check_adapter_base(out, base)
-    stored = _read_json(out / FINGERPRINT_FILE) or {}
+    stored = _read_dict(out / FINGERPRINT_FILE) or {}
     if isinstance(stored.get("base"), str) and not same_base(stored["base"], base):
         raise UserError(f"{out}: holds a training run for base model {stored['base']}, not {base}")
-    done = _read_json(out / DONE_FILE)
+    done = _read_dict(out / DONE_FILE)
     if resume and done is not None and done.get("fingerprint") == fingerprint and is_complete(out):
         return done.get("summary", {})
     return None
@@ -475,7 +174,7 @@ def _check_out_dir(out: Path, base: str, fingerprint: str, resume: bool) -> dict
 
 def _pick_checkpoint(out: Path, fingerprint: str, resume: bool) -> Path | None:
     """The checkpoint to resume from; checkpoints of other settings or data (or resume off) are deleted."""
-    stored = _read_json(out / FINGERPRINT_FILE) or {}
+    stored = _read_dict(out / FINGERPRINT_FILE) or {}
     checkpoints = out / CHECKPOINTS
     if resume and stored.get("fingerprint") == fingerprint:
         _drop_incomplete_checkpoints(checkpoints)
@@ -486,7 +185,7 @@ def _pick_checkpoint(out: Path, fingerprint: str, resume: bool) -> Path | None:
 
 def _clear_previous_output(out: Path) -> None:
     """Remove done.json first (the folder is no longer complete), then the files it listed."""
-    done = _read_json(out / DONE_FILE)
+    done = _read_dict(out / DONE_FILE)
     (out / DONE_FILE).unlink(missing_ok=True)
     for name in (done or {}).get("files", {}):
         if "/" not in name and name != FINGERPRINT_FILE:
@@ -503,14 +202,14 @@ def _save_final(
     tokenizer.save_pretrained(tmp)
     dump_recipe(recipe, tmp / "recipe.yaml", extra=extra)
     trainer.state.save_to_json(str(tmp / "trainer_state.json"))
-    with open(tmp / "train_log.jsonl", "w") as handle:
+    with atomic_writer(tmp / "train_log.jsonl") as handle:
         for entry in trainer.state.log_history:
-            handle.write(json.dumps(entry, sort_keys=True) + "\n")
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            handle.write((json.dumps(entry, sort_keys=True) + "\n").encode())
+    write_json_atomic(tmp / "summary.json", summary)
     files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
     for name in files:
         os.replace(tmp / name, out / name)
-    _write_json(out / DONE_FILE, {"fingerprint": fingerprint, "files": files, "summary": summary})
+    write_json_atomic(out / DONE_FILE, {"fingerprint": fingerprint, "files": files, "summary": summary})
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
 
@@ -607,7 +306,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = _pick_checkpoint(out, fingerprint, resume)
     _clear_previous_output(out)
-    _write_json(out / FINGERPRINT_FILE, {"fingerprint": fingerprint, "base": base})
+    write_json_atomic(out / FINGERPRINT_FILE, {"fingerprint": fingerprint, "base": base})
     set_seed(cfg.seed)  # LoRA's initialization draws from the global RNG
     model = load_model(base, recipe.model, train=cfg)
     model = prepare_for_training(model, cfg, recipe.model)
@@ -658,7 +357,12 @@ def train(
         "finetune": cfg.finetune,
         "out_dir": str(out),
     }
-    extra = {"versions": _versions(), "data": str(data_path), "base_model": base, "fingerprint": fingerprint}
+    extra = {
+        "versions": package_versions(),
+        "data": str(data_path),
+        "base_model": base,
+        "fingerprint": fingerprint,
+    }
     _save_final(trainer, tokenizer, recipe, out, extra, summary, fingerprint)
     _progress(show_progress, f"saved {cfg.finetune} output to {out} ({summary['steps']} steps)")
     return summary

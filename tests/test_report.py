@@ -8,7 +8,8 @@ import yaml
 
 from drift_lite.errors import UserError
 from drift_lite.metrics import compute_metrics, recompute_matches
-from drift_lite.report import load_run, sample_weights, summary_lines, write_report
+from drift_lite.report import summary_lines, write_report
+from drift_lite.report_runs import load_run, sample_weights
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from drift_lite.checkers import get_checker
 from drift_lite.errors import UserError
-from drift_lite.tasks.choice import DEFAULT_CHECKER, LETTERS, LOADERS, gpqa_order
+from drift_lite.tasks import get_checker
+from drift_lite.tasks.choice import DEFAULT_CHECKER, LETTERS, LOADERS, first_letter, gpqa_order
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
 GPQA = str(FIXTURES / "gpqa_diamond.csv")
@@ -135,3 +135,40 @@ def test_offline_hub_dataset_with_config_names_is_one_line(tmp_path: Path, monke
     message = str(err.value)
     assert "\n" not in message and message.startswith("edinburgh-dawg/mmlu-redux-2.0: ")
     assert "`source`" in message
+
+
+# -------------------- the answer checker
+
+LETTER_CASES = [
+    ("B", "B"),
+    ("(B)", "B"),
+    ("B.", "B"),
+    ("**B**", "B"),
+    ("The answer is B", "B"),
+    ("Option C: 3", "C"),
+    (r"\boxed{D}", "D"),
+    ("b", "B"),
+    ("(c)", "C"),
+    ("J", "J"),
+    ("A and B", "A"),
+    ("AB", None),
+    ("K", None),
+    ("answer b", None),
+    ("", None),
+    ("I'm unsure, B", "B"),
+]
+
+
+@pytest.mark.parametrize(("answer", "letter"), LETTER_CASES)
+def test_first_letter(answer: str, letter: str | None) -> None:
+    assert first_letter(answer) == letter
+
+
+def test_letter_checker() -> None:
+    checker = get_checker("letter")
+    assert checker.is_correct("(B)", "B")
+    assert checker.is_correct("b", " b ")
+    assert not checker.is_correct("AB", "A")
+    assert not checker.is_correct("C", "B")
+    assert checker.normalize("The answer is (B).") == "B"
+    assert checker.normalize("no idea") == "noidea"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from drift_lite.checkers import get_checker
 from drift_lite.errors import UserError
+from drift_lite.tasks import get_checker
 from drift_lite.tasks.math import DEFAULT_CHECKER, LOADERS, gsm8k_gold, last_boxed, metamath_gold
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from drift_lite.checkers import NO_TOOL, get_checker
 from drift_lite.errors import UserError
+from drift_lite.tasks import get_checker
 from drift_lite.tasks.tools import (
     DEFAULT_CHECKER,
     FEEDBACK_CORRECT,
@@ -16,7 +16,9 @@ from drift_lite.tasks.tools import (
     FEEDBACK_NO_TOOL,
     FEEDBACK_WRONG_CALL,
     LOADERS,
+    NO_TOOL,
     feedback_for,
+    parse_call,
 )
 
 FIXTURE = str(Path(__file__).resolve().parent.parent / "data" / "fixtures" / "mtu_bench.jsonl")
@@ -143,3 +145,42 @@ def test_offline_hub_source_is_one_line(tmp_path: Path, monkeypatch) -> None:
     message = str(err.value)
     assert "\n" not in message and message.startswith("someone/converted-mtu-bench: ")
     assert "`source`" in message
+
+
+# -------------------- the answer checker
+
+TOOL_CASES = [
+    ('get_weather(city="Paris", day="tomorrow")', 'get_weather(day="tomorrow", city="Paris")', True),
+    ('get_weather(city="Paris", day="tomorrow")', "get_weather(city='Paris', day='tomorrow')", True),
+    ('get_weather(city="Paris", day="tomorrow")', "get_weather(city=Paris, day=tomorrow)", True),
+    ('get_weather(city="Paris", day="tomorrow")', 'get_weather(city="Paris")', False),
+    ('get_weather(city="Paris", day="tomorrow")', 'get_weather(city="Paris", day="tomorrow", x=1)', False),
+    ('get_weather(city="Paris", day="tomorrow")', 'get_time(city="Paris", day="tomorrow")', False),
+    ('get_weather(city="Paris", day="tomorrow")', 'get_weather(city="paris", day="tomorrow")', False),
+    ('book_flight(flight="AF123", seats=2)', 'book_flight(seats=2.0, flight="AF123")', True),
+    ('book_flight(flight="AF123", seats=2)', 'book_flight(flight="AF123", seats="2")', False),
+    ('set_alarm(time="07:30", repeat=true)', 'set_alarm(time="07:30", repeat=True)', True),
+    ('set_alarm(time="07:30", repeat=true)', 'set_alarm(time="07:30", repeat=1)', False),
+    ('convert(amount=100.0, from="USD")', 'convert(from="USD", amount=100)', True),
+    ('f(xs=[1, 2], opts={"a": 1})', "f(opts={'a': 1.0}, xs=[1, 2])", True),
+    ('get_weather(city="Paris")', '`get_weather(city="Paris")`', True),
+    ('get_weather(city="Paris")', 'get_weather("Paris")', False),
+    ('get_weather(city="Paris")', "I would call get_weather", False),
+    (NO_TOOL, "You're welcome!", True),
+    (NO_TOOL, 'get_time(city="Paris")', False),
+    (NO_TOOL, "", False),
+]
+
+
+@pytest.mark.parametrize(("gold", "answer", "correct"), TOOL_CASES)
+def test_tool_checker(gold: str, answer: str, correct: bool) -> None:
+    assert get_checker("tools").is_correct(answer, gold) is correct
+
+
+def test_parse_call_and_normalize() -> None:
+    assert parse_call('api.search(q="x", n=3)') == ("api.search", {"q": "x", "n": 3})
+    assert parse_call("f(x=1)(y=2)") is None
+    assert parse_call("f(x=1, x=2)") is None
+    assert parse_call("not a call") is None
+    checker = get_checker("tools")
+    assert checker.normalize('f(b=2, a="x")') == checker.normalize("f(a='x', b=2.0)")

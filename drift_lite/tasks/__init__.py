@@ -1,4 +1,4 @@
-"""The task registry: problem sources by name, their default checkers and feedback.
+"""The task registry: problem sources by name, answer checkers by name, default checkers and feedback.
 
 `toy` is the embedded default and `arith` plain additions for real small chat models (both synthetic, no
 download, with worked examples for `env.shots`); the others load real datasets from a hub id or a local
@@ -57,9 +57,25 @@ def checker_for(task: str, name: str | None) -> Checker:
         name = "exact" if task in SYNTHETIC else _registry()[1].get(task, "exact")
     if name == "exact":
         return ExactChecker()
-    from drift_lite.checkers import get_checker
-
     return get_checker(name)
+
+
+# Each checker lives beside its task family; imported on first use (math-verify pulls in sympy).
+CHECKERS: dict[str, tuple[str, str]] = {
+    "exact": ("drift_lite.tasks.base", "ExactChecker"),
+    "math-verify": ("drift_lite.tasks.math_check", "MathVerifyChecker"),
+    "letter": ("drift_lite.tasks.choice", "LetterChecker"),
+    "numeric": ("drift_lite.tasks.math_check", "NumericChecker"),
+    "tools": ("drift_lite.tasks.tools", "ToolChecker"),
+}
+
+
+def get_checker(name: str) -> Checker:
+    """A checker by name; an unknown name is a UserError listing the known ones."""
+    if name not in CHECKERS:
+        raise UserError(f"unknown checker '{name}' (known: {', '.join(CHECKERS)})")
+    module, cls = CHECKERS[name]
+    return getattr(importlib.import_module(module), cls)()
 
 
 def feedback_for(task: str) -> Callable[[str | None, str], str] | None:

@@ -8,14 +8,20 @@ The question gets its options appended as "A. ..." lines (the release's layout).
   (0-based index). Rows flagged in `error_type` are kept, as the release does; the flag is in meta.
 - mmlu_pro: `TIGER-Lab/MMLU-Pro` test; `question`, `options` (up to 10), `answer` (letter), `answer_index`,
   `category`; letters A-J.
+
+The answer checker, `letter`: the first standalone uppercase letter A-J (no letter or digit on either side,
+not followed by an apostrophe): "B", "(B)", "B.", "**B**", "The answer is B" give B; "AB" gives none.
+Lowercase counts only when the whole answer is one letter, bracketed or not ("b", "(c)"). "I think B" gives I:
+the answer tags should hold the letter only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import re
 
-from drift_lite.tasks.base import Problem
+from drift_lite.tasks.base import Problem, exact_normalize
 from drift_lite.tasks.loading import HubSpec, Table, bad_field, collect, open_source, require, resolve
 
 LETTERS = "ABCDEFGHIJ"
@@ -132,3 +138,32 @@ def load_mmlu_pro(source: str | None, limit: int | None, seed: int) -> list[Prob
 
 LOADERS = {"gpqa_diamond": load_gpqa_diamond, "mmlu_redux": load_mmlu_redux, "mmlu_pro": load_mmlu_pro}
 DEFAULT_CHECKER = {"gpqa_diamond": "letter", "mmlu_redux": "letter", "mmlu_pro": "letter"}
+
+
+# ---------------------------------------------------------------------------------------------- letter
+
+_LETTER = re.compile(r"(?<![A-Za-z0-9])([A-J])(?![A-Za-z0-9'’])")
+_LONE_LETTER = re.compile(r"[\s(\[{*]*([A-Ja-j])[\s)\]}.:*]*")
+
+
+def first_letter(answer: str) -> str | None:
+    """The choice letter in `answer` (see the module docstring), or None."""
+    lone = _LONE_LETTER.fullmatch(answer)
+    if lone:
+        return lone.group(1).upper()
+    found = _LETTER.search(answer)
+    return found.group(1) if found else None
+
+
+class LetterChecker:
+    """Multiple choice: the first standalone letter A-J must equal the gold letter."""
+
+    name = "letter"
+
+    def normalize(self, answer: str) -> str:
+        letter = first_letter(answer)
+        return letter if letter is not None else exact_normalize(answer)
+
+    def is_correct(self, answer: str, gold: str) -> bool:
+        letter = first_letter(answer)
+        return letter is not None and letter == gold.strip().upper()

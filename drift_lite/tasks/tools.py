@@ -8,22 +8,166 @@ Row schema (json / jsonl / parquet / csv with JSON-text cells), one request per 
      "answer": {"name": "get_weather", "arguments": {"city": "Paris", "day": "tomorrow"}}}
 `parameters` may also be a JSON-schema object (`{"properties": {...}}`); `tools` and `arguments` may be JSON
 text. `"answer": {"name": "", "arguments": {}}` means no tool should be called (the release's `{"": {}}`);
-its gold is `checkers.NO_TOOL`. Arguments whose value is null are dropped (Arrow fills absent keys with null).
+its gold is `NO_TOOL`. Arguments whose value is null are dropped (Arrow fills absent keys with null).
 The gold is `name(param=<JSON value>, ...)`; the question is the query, the tool list and a format line.
 
 There is no default hub source: MTU-Bench (`wpei/MTU-Bench`) ships dialogues in its own shape; convert them to
 this schema first. The release's three feedback messages for a wrong tool turn are in FEEDBACK_*.
+
+The answer checker, `tools`: one call `name(param=value, ...)`; correct when the tool name is equal and the
+parameters are equal as parsed Python values (order irrelevant, `3 == 3.0`, `"3" != 3`, strings compared
+exactly after stripping). The gold `NO_TOOL` means no tool should be called: any non-empty answer without a
+call is correct. The release is more lenient (case-insensitive, gold parameters a subset of the answer's).
 """
 
 from __future__ import annotations
 
+import ast
+import io
 import json
+import keyword
+import re
+import tokenize
 from typing import Any
 
-from drift_lite.checkers import NO_TOOL, ToolChecker, format_call, looks_like_call, parse_call
 from drift_lite.errors import UserError
-from drift_lite.tasks.base import Problem
+from drift_lite.tasks.base import Problem, exact_normalize
 from drift_lite.tasks.loading import HubSpec, bad_field, collect, open_source, require
+
+# ---------------------------------------------------------------------------------------------- tools
+
+NO_TOOL = "(no tool call)"  # gold of a request that must be answered without calling a tool
+_CALL_LIKE = re.compile(r"[A-Za-z_][\w.]*\s*\(")
+_JSON_NAMES = {"true": True, "false": False, "null": None}
+
+
+def _dotted(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else None
+    return None
+
+
+def _value(node: ast.AST) -> Any:
+    if isinstance(node, ast.Name):  # JSON spellings, and unquoted words taken as strings
+        return _JSON_NAMES.get(node.id, node.id)
+    if isinstance(node, ast.List | ast.Tuple):
+        return [_value(item) for item in node.elts]
+    if isinstance(node, ast.Dict):
+        return {_value(k) if k is not None else None: _value(v) for k, v in zip(node.keys, node.values)}
+    return ast.literal_eval(node)
+
+
+def _rename_keywords(text: str) -> tuple[str, dict[str, str]]:
+    """Rename parameters spelled as Python keywords (`from=`, `class=`) so that `ast` can parse the call."""
+    try:
+        tokens = [t for t in tokenize.generate_tokens(io.StringIO(text).readline)]
+    except (tokenize.TokenError, SyntaxError):
+        return text, {}
+    renamed: dict[str, str] = {}
+    out = []
+    for k, tok in enumerate(tokens):
+        after = tokens[k + 1] if k + 1 < len(tokens) else None
+        before = tokens[k - 1] if k > 0 else None
+        if (
+            tok.type == tokenize.NAME
+            and keyword.iskeyword(tok.string)
+            and after is not None
+            and after.string == "="
+            and before is not None
+            and before.string in ("(", ",")
+        ):
+            new = f"_kw_{tok.string}"
+            renamed[new] = tok.string
+            tok = tok._replace(string=new)
+        out.append((tok.type, tok.string))
+    return (tokenize.untokenize(out), renamed) if renamed else (text, {})
+
+
+def parse_call(text: str) -> tuple[str, dict[str, Any]] | None:
+    """`name(param=value, ...)` as (name, {param: value}); None when it is not exactly one such call."""
+    text = text.strip().strip("`").strip()
+    if not text:
+        return None
+    renamed: dict[str, str] = {}
+    try:
+        node = ast.parse(text, mode="eval").body
+    except (SyntaxError, ValueError):
+        text, renamed = _rename_keywords(text)
+        if not renamed:
+            return None
+        try:
+            node = ast.parse(text, mode="eval").body
+        except (SyntaxError, ValueError):
+            return None
+    if not isinstance(node, ast.Call) or node.args or any(kw.arg is None for kw in node.keywords):
+        return None
+    name = _dotted(node.func)
+    if name is None:
+        return None
+    try:
+        arguments = {renamed.get(kw.arg, kw.arg): _value(kw.value) for kw in node.keywords}
+    except (ValueError, TypeError, SyntaxError):
+        return None
+    if len(arguments) != len(node.keywords):
+        return None
+    return name, arguments
+
+
+def format_call(name: str, arguments: dict[str, Any]) -> str:
+    """The gold spelling of a call: `name(param=<JSON value>, ...)` in the given parameter order."""
+    inner = ", ".join(f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in arguments.items())
+    return f"{name}({inner})"
+
+
+def looks_like_call(text: str) -> bool:
+    """True when `text` contains something shaped like a tool call (`word(`)."""
+    return bool(_CALL_LIKE.search(text))
+
+
+def _canon(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, list | tuple):
+        return [_canon(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _canon(v) for k, v in value.items()}
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return _canon(a) == _canon(b)
+
+
+class ToolChecker:
+    """Tool calls: same tool name and the same parameters as parsed values, in any order."""
+
+    name = "tools"
+
+    def normalize(self, answer: str) -> str:
+        call = parse_call(answer)
+        if call is None:
+            return exact_normalize(answer)
+        name, arguments = call
+        return name + json.dumps(_canon(arguments), sort_keys=True, ensure_ascii=False, default=str)
+
+    def is_correct(self, answer: str, gold: str) -> bool:
+        if gold.strip() == NO_TOOL:
+            return bool(answer.strip()) and not looks_like_call(answer)
+        expected, got = parse_call(gold), parse_call(answer)
+        if expected is None or got is None or expected[0] != got[0]:
+            return False
+        want, have = expected[1], got[1]
+        return want.keys() == have.keys() and all(_same(want[k], have[k]) for k in want)
+
 
 # The release (src/eval_math_multiturn_vllm.py, evaluate_mtu_bench) sends "Observation: <message>".
 FEEDBACK_NO_TOOL = (

@@ -1,4 +1,4 @@
-"""Answer checkers by name: `exact` (the release's), `math-verify`, `letter`, `numeric`, `tools`.
+"""Math answer checkers: `math-verify` (symbolic / numeric equivalence) and `numeric` (TheoremQA).
 
 Every checker has `name`, `normalize(answer)` (stored in `answer_norms`, used to count repeated answers) and
 `is_correct(answer, gold)`. Choices made here:
@@ -10,36 +10,22 @@ Every checker has `name`, `normalize(answer)` (stored in `answer_norms`, used to
   MAX_SAFE_EXPONENT or a nested power are judged by exact match only. An answer whose text equals the
   gold after `exact_normalize` is always correct; when parsing fails nothing else is.
   `normalize` is `exact_normalize`, so `0.5` and `1/2` count as different answers for repetition.
-- `letter`: the first standalone uppercase letter A-J (no letter or digit on either side, not followed by
-  an apostrophe): "B", "(B)", "B.", "**B**", "The answer is B" give B; "AB" gives none. Lowercase counts only
-  when the whole answer is one letter, bracketed or not ("b", "(c)"). "I think B" gives I: the answer
-  tags should hold the letter only.
 - `numeric` (TheoremQA): relative tolerance 1e-2 (absolute 1e-8 near zero); numbers may carry a sign,
   thousands commas, `1.2e-3`, `1.2 \\times 10^{-3}`, `10^{5}`, fractions, `\\sqrt`, `\\pi`, a leading `x =`,
   and trailing units after a space; an answer with `%` matches when either its value or value/100 does.
   Gold `True`/`False` accept true/false/yes/no; a gold list `[a, b]` needs the same length and each element
   within tolerance; anything else (options like `(b)`) is compared case-insensitively without brackets.
-- `tools`: one call `name(param=value, ...)`; correct when the tool name is equal and the parameters are
-  equal as parsed Python values (order irrelevant, `3 == 3.0`, `"3" != 3`, strings compared exactly after
-  stripping). The gold `NO_TOOL` means no tool should be called: any non-empty answer without a call is
-  correct. The release is more lenient (case-insensitive, gold parameters a subset of the answer's).
 """
 
 from __future__ import annotations
 
-import ast
 import functools
-import io
-import json
-import keyword
 import math
 import re
 import threading
-import tokenize
 from typing import Any
 
-from drift_lite.errors import UserError
-from drift_lite.tasks.base import Checker, ExactChecker, exact_normalize
+from drift_lite.tasks.base import exact_normalize
 
 MATH_VERIFY_TIMEOUT = 5  # seconds per parse / comparison, main thread only
 MAX_SAFE_EXPONENT = 1000  # off the main thread, answers with larger powers are judged by exact match only
@@ -120,35 +106,6 @@ class MathVerifyChecker:
             return bool(verify(list(gold_parsed), list(answer_parsed), timeout_seconds=timeout))
         except Exception:
             return False
-
-
-# ---------------------------------------------------------------------------------------------- letter
-
-_LETTER = re.compile(r"(?<![A-Za-z0-9])([A-J])(?![A-Za-z0-9'’])")
-_LONE_LETTER = re.compile(r"[\s(\[{*]*([A-Ja-j])[\s)\]}.:*]*")
-
-
-def first_letter(answer: str) -> str | None:
-    """The choice letter in `answer` (see the module docstring), or None."""
-    lone = _LONE_LETTER.fullmatch(answer)
-    if lone:
-        return lone.group(1).upper()
-    found = _LETTER.search(answer)
-    return found.group(1) if found else None
-
-
-class LetterChecker:
-    """Multiple choice: the first standalone letter A-J must equal the gold letter."""
-
-    name = "letter"
-
-    def normalize(self, answer: str) -> str:
-        letter = first_letter(answer)
-        return letter if letter is not None else exact_normalize(answer)
-
-    def is_correct(self, answer: str, gold: str) -> bool:
-        letter = first_letter(answer)
-        return letter is not None and letter == gold.strip().upper()
 
 
 # ---------------------------------------------------------------------------------------------- numeric
@@ -289,156 +246,3 @@ class NumericChecker:
         if parse_number(gold):
             return self._close(answer, gold)
         return _word(answer) == gold_word and gold_word != ""
-
-
-# ---------------------------------------------------------------------------------------------- tools
-
-NO_TOOL = "(no tool call)"  # gold of a request that must be answered without calling a tool
-_CALL_LIKE = re.compile(r"[A-Za-z_][\w.]*\s*\(")
-_JSON_NAMES = {"true": True, "false": False, "null": None}
-
-
-def _dotted(node: ast.AST) -> str | None:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        base = _dotted(node.value)
-        return f"{base}.{node.attr}" if base else None
-    return None
-
-
-def _value(node: ast.AST) -> Any:
-    if isinstance(node, ast.Name):  # JSON spellings, and unquoted words taken as strings
-        return _JSON_NAMES.get(node.id, node.id)
-    if isinstance(node, ast.List | ast.Tuple):
-        return [_value(item) for item in node.elts]
-    if isinstance(node, ast.Dict):
-        return {_value(k) if k is not None else None: _value(v) for k, v in zip(node.keys, node.values)}
-    return ast.literal_eval(node)
-
-
-def _rename_keywords(text: str) -> tuple[str, dict[str, str]]:
-    """Rename parameters spelled as Python keywords (`from=`, `class=`) so that `ast` can parse the call."""
-    try:
-        tokens = [t for t in tokenize.generate_tokens(io.StringIO(text).readline)]
-    except (tokenize.TokenError, SyntaxError):
-        return text, {}
-    renamed: dict[str, str] = {}
-    out = []
-    for k, tok in enumerate(tokens):
-        after = tokens[k + 1] if k + 1 < len(tokens) else None
-        before = tokens[k - 1] if k > 0 else None
-        if (
-            tok.type == tokenize.NAME
-            and keyword.iskeyword(tok.string)
-            and after is not None
-            and after.string == "="
-            and before is not None
-            and before.string in ("(", ",")
-        ):
-            new = f"_kw_{tok.string}"
-            renamed[new] = tok.string
-            tok = tok._replace(string=new)
-        out.append((tok.type, tok.string))
-    return (tokenize.untokenize(out), renamed) if renamed else (text, {})
-
-
-def parse_call(text: str) -> tuple[str, dict[str, Any]] | None:
-    """`name(param=value, ...)` as (name, {param: value}); None when it is not exactly one such call."""
-    text = text.strip().strip("`").strip()
-    if not text:
-        return None
-    renamed: dict[str, str] = {}
-    try:
-        node = ast.parse(text, mode="eval").body
-    except (SyntaxError, ValueError):
-        text, renamed = _rename_keywords(text)
-        if not renamed:
-            return None
-        try:
-            node = ast.parse(text, mode="eval").body
-        except (SyntaxError, ValueError):
-            return None
-    if not isinstance(node, ast.Call) or node.args or any(kw.arg is None for kw in node.keywords):
-        return None
-    name = _dotted(node.func)
-    if name is None:
-        return None
-    try:
-        arguments = {renamed.get(kw.arg, kw.arg): _value(kw.value) for kw in node.keywords}
-    except (ValueError, TypeError, SyntaxError):
-        return None
-    if len(arguments) != len(node.keywords):
-        return None
-    return name, arguments
-
-
-def format_call(name: str, arguments: dict[str, Any]) -> str:
-    """The gold spelling of a call: `name(param=<JSON value>, ...)` in the given parameter order."""
-    inner = ", ".join(f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in arguments.items())
-    return f"{name}({inner})"
-
-
-def looks_like_call(text: str) -> bool:
-    """True when `text` contains something shaped like a tool call (`word(`)."""
-    return bool(_CALL_LIKE.search(text))
-
-
-def _canon(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, list | tuple):
-        return [_canon(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _canon(v) for k, v in value.items()}
-    return value
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    return _canon(a) == _canon(b)
-
-
-class ToolChecker:
-    """Tool calls: same tool name and the same parameters as parsed values, in any order."""
-
-    name = "tools"
-
-    def normalize(self, answer: str) -> str:
-        call = parse_call(answer)
-        if call is None:
-            return exact_normalize(answer)
-        name, arguments = call
-        return name + json.dumps(_canon(arguments), sort_keys=True, ensure_ascii=False, default=str)
-
-    def is_correct(self, answer: str, gold: str) -> bool:
-        if gold.strip() == NO_TOOL:
-            return bool(answer.strip()) and not looks_like_call(answer)
-        expected, got = parse_call(gold), parse_call(answer)
-        if expected is None or got is None or expected[0] != got[0]:
-            return False
-        want, have = expected[1], got[1]
-        return want.keys() == have.keys() and all(_same(want[k], have[k]) for k in want)
-
-
-# ---------------------------------------------------------------------------------------------- registry
-
-CHECKERS: dict[str, type] = {
-    "exact": ExactChecker,
-    "math-verify": MathVerifyChecker,
-    "letter": LetterChecker,
-    "numeric": NumericChecker,
-    "tools": ToolChecker,
-}
-
-
-def get_checker(name: str) -> Checker:
-    """A checker by name; an unknown name is a UserError listing the known ones."""
-    if name not in CHECKERS:
-        raise UserError(f"unknown checker '{name}' (known: {', '.join(CHECKERS)})")
-    return CHECKERS[name]()

@@ -1,0 +1,163 @@
+"""The GPU cost model: the architecture table, the memory formulas by hand and against saved tensors."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from drift_lite import costs
+from drift_lite.recipe import ToyConfig, load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPER_3B = ROOT / "recipes" / "paper" / "qwen2.5-3b-metamathqa.yaml"
+
+
+def test_qlora_parts_by_hand():
+    """The 3B parts, computed here from the published config without the module's helpers."""
+    recipe = load_recipe(PAPER_3B)
+    parts = costs.training_memory(
+        costs.KNOWN_ARCHS["Qwen/Qwen2.5-3B-Instruct"], recipe, 3040, checkpointing=True
+    )
+    h, kv, i, layers, vocab = 2048, 256, 11008, 36, 151936
+    linear = layers * (2 * h * h + 2 * h * kv + 3 * h * i)
+    assert parts["nf4 weights"] == pytest.approx(linear * (4 + 8 / 64 + 32 / 64 / 256) / 8)
+    assert parts["fp32 embeddings/norms"] == pytest.approx(4 * (vocab * h + layers * (3 * h + 2 * kv) + h))
+    lora = layers * 16 * ((h + h) * 2 + (h + kv) * 2)
+    assert lora == 7_372_800 and parts["LoRA, grads, AdamW"] == 16 * lora
+    assert parts["layer inputs"] == layers * 4 * 3040 * h * 4  # fp32 residual stream, one per layer
+    assert parts["logits"] == 3 * 4 * 513 * vocab * 4  # scored positions only: 512 tokens + eos per row
+    expected = sum(v for k, v in parts.items() if k not in ("total", "recomputed layer"))
+    assert parts["recomputed layer"] < parts["logits"] and parts["total"] == pytest.approx(expected)
+
+
+def test_kv_cache_and_decoding_by_hand():
+    recipe = load_recipe(PAPER_3B)
+    arch = costs.KNOWN_ARCHS["Qwen/Qwen2.5-3B-Instruct"]
+    assert arch.kv_bytes_per_token(2) == 2 * 36 * 2 * 128 * 2
+    lens = costs.lengths(recipe, 512)
+    assert (lens.prompt, lens.context) == (400 + 4 * (512 + 20), 400 + 4 * (512 + 20) + 512)
+    parts = costs.generation_memory(arch, recipe.model, 32, lens)
+    assert parts["decoding"] == pytest.approx(32 * lens.context * 36_864 * (1 + 1 / 36))
+
+
+# (all, non-embedding) parameters as the model cards print them (in B, last digit +-1), and SmolLM2 as
+# measured on the GGUF-loaded model (DESIGN.md, 134.5 M)
+PUBLISHED_PARAMETERS = {
+    "Qwen/Qwen2.5-0.5B-Instruct": (0.49e9, 0.36e9),
+    "Qwen/Qwen2.5-1.5B-Instruct": (1.54e9, 1.31e9),
+    "Qwen/Qwen2.5-3B-Instruct": (3.09e9, 2.77e9),
+    "Qwen/Qwen2.5-7B-Instruct": (7.61e9, 6.53e9),
+    "smollm2-135m": (134.5e6, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(costs.KNOWN_ARCHS))
+def test_known_architectures_match_published_counts(name):
+    a = costs.KNOWN_ARCHS[name]
+    total, non_embedding = PUBLISHED_PARAMETERS[name]
+    unit = 0.01e9 if total > 1e8 and name.startswith("Qwen/") else 0.1e6
+    assert a.total_params() == pytest.approx(total, abs=unit)
+    if non_embedding is not None:
+        assert a.total_params() - a.embedding_params() == pytest.approx(non_embedding, abs=unit)
+
+
+def _meta_counts(config) -> tuple[int, int]:
+    """(all parameters, projection weights) of the transformers model for `config`, without memory."""
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(config)
+    total = sum(p.numel() for p in model.parameters())  # tied weights are counted once
+    linear = sum(
+        m.weight.numel()
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head")
+    )
+    return total, linear
+
+
+@pytest.mark.parametrize("name", [n for n in costs.KNOWN_ARCHS if n.startswith("Qwen/")])
+def test_formulas_match_transformers_qwen2(name):
+    a = costs.KNOWN_ARCHS[name]
+    config = Qwen2Config(
+        vocab_size=a.vocab,
+        hidden_size=a.hidden,
+        intermediate_size=a.intermediate,
+        num_hidden_layers=a.layers,
+        num_attention_heads=a.heads,
+        num_key_value_heads=a.kv_heads,
+        tie_word_embeddings=a.tied,
+    )
+    assert _meta_counts(config) == (a.total_params(), a.linear_params())
+
+
+def test_toy_architecture_follows_the_toy_settings():
+    from drift_lite.toy_model import folder_tokenizer, model_config
+
+    cfg = ToyConfig(hidden_size=64, layers=3, heads=4, kv_heads=1, intermediate_size=200)
+    arch = costs.arch_for("toy", cfg)
+    assert (arch.layers, arch.hidden, arch.intermediate, arch.heads, arch.kv_heads) == (3, 64, 200, 4, 1)
+    assert _meta_counts(model_config(cfg, folder_tokenizer())) == (arch.total_params(), arch.linear_params())
+
+
+def test_local_model_folder_is_read_from_config_json(tmp_path):
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536, '
+        '"num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, '
+        '"tie_word_embeddings": true}'
+    )
+    assert costs.arch_for(str(tmp_path)) == costs.KNOWN_ARCHS["smollm2-135m"]
+
+
+@pytest.mark.slow
+def test_activation_coefficients_match_saved_tensors(tmp_path):
+    """The (14h + 3I + T) elements per token and layer of the training estimate, measured again: the bytes
+    autograd saves for one more decoder layer of an nf4 + LoRA Qwen2 (CPU, fp32 activations: upcast)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from drift_lite.models import disable_cpu_repacking
+
+    hidden, inter, batch, seq = 256, 1376, 2, 256
+
+    def saved_bytes(layers: int) -> int:
+        config = Qwen2Config(
+            vocab_size=512,
+            hidden_size=hidden,
+            intermediate_size=inter,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
+        torch.manual_seed(0)
+        Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path / str(layers))
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            tmp_path / str(layers), dtype=torch.bfloat16, quantization_config=quant, device_map={"": "cpu"}
+        )
+        disable_cpu_repacking(model)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        lora = LoraConfig(
+            r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+        )
+        model = get_peft_model(model, lora).train()
+        storages: dict[int, int] = {}
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            storages[ptr] = max(storages.get(ptr, 0), t.untyped_storage().nbytes())
+            return t
+
+        ids = torch.randint(0, 512, (batch, seq))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+        return sum(storages.values())
+
+    per_token = (saved_bytes(2) - saved_bytes(1)) / (batch * seq) / 4
+    print(f"saved fp32 elements per token and layer: {per_token:.0f}")
+    assert per_token == pytest.approx(14 * hidden + 3 * inter + seq, rel=0.1)
