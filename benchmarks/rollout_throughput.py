@@ -1,9 +1,9 @@
 """Rollout throughput, three contenders side by side in one run, same model, prompts and settings:
 
-  (a) the engine `drift-lite rollout` uses (`rollout.engine: token`, drift_lite.token_batching): batched
-      multi-turn episodes, each slot refilled between tokens as soon as its episode ends
-  (a') the turn-level engine (`rollout.engine: turn`, drift_lite.rollout.run_episodes): one `generate` per
-      turn over the batch, refilled between turns, with its prompt-prefix KV cache (and once with it off)
+  (a) the opt-in token engine (`rollout.engine: token`, drift_lite.engine_token; validated on CPU only):
+      batched multi-turn episodes, each slot refilled between tokens as soon as its episode ends
+  (a') the default turn engine (`rollout.engine: turn`, drift_lite.engine_turn): one `generate` per turn
+      over the batch, refilled between turns, with its opt-in prompt-prefix KV cache (and once with it off)
   (b) a naive loop: one trajectory at a time, one `generate` per turn (no prefix cache)
   (c) single-turn batched `generate` of the same number of new tokens (the ceiling batching can reach)
 
@@ -26,17 +26,13 @@ import torch
 from transformers import GenerationConfig
 
 from drift_lite import chat
+from drift_lite.engine_turn import plain_generation_config
+from drift_lite.episodes import play_episodes
+from drift_lite.jobs import make_jobs
 from drift_lite.models import load_model, load_tokenizer, resolve_model_path
 from drift_lite.recipe import load_recipe
-from drift_lite.rollout import (
-    PerRowGumbelSampler,
-    Sampling,
-    episode_settings,
-    load_shots,
-    make_jobs,
-    plain_generation_config,
-    play_episodes,
-)
+from drift_lite.rollout import episode_settings, load_shots
+from drift_lite.sampling import PerRowGumbelSampler, Sampling
 from drift_lite.tasks import checker_for, load_problems
 
 

@@ -11,6 +11,12 @@ from dataclasses import dataclass, field
 from drift_lite import chat
 from drift_lite.tasks.base import Checker, Problem
 
+# The release env's repetition-penalty coefficient, used here only to fill `reward_details.info
+# .global_repetition_penalty` / `final_total_reward` as the release writes them (informational, for schema
+# fidelity): the kit's return applies its own `weights.repeat_coef` at the weight step, so no rollout depends
+# on a weighting setting.
+RELEASE_REPEAT_COEF = 0.5
+
 
 @dataclass(frozen=True)
 class EpisodeSettings:
@@ -18,7 +24,6 @@ class EpisodeSettings:
 
     max_turns: int = 5
     format_penalty: float = -0.1
-    repeat_coef: float = 0.5
     mode: str = "simple"
 
 
@@ -91,7 +96,7 @@ class Episode:
         ratio = len(set(self.answer_norms)) / len(self.answer_norms)
         info: dict = {"action_is_valid": True, "success": correct, "per_question_unique_answers_ratio": ratio}
         if correct or len(self.answer_norms) == self.settings.max_turns:  # the release env's own "done"
-            penalty = self.settings.repeat_coef * (1.0 - ratio)
+            penalty = RELEASE_REPEAT_COEF * (1.0 - ratio)
             info["global_repetition_penalty"] = penalty
             info["final_total_reward"] = float(correct) - penalty
         self.details[key] = {

@@ -6,14 +6,18 @@ From the CLI:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from drift_lite.episodes import play_episodes
 from drift_lite.errors import UserError
-from drift_lite.rollout import Sampling, episode_settings, load_shots, make_jobs, play_episodes
+from drift_lite.jobs import make_jobs
+from drift_lite.rollout import episode_settings, load_shots
+from drift_lite.sampling import Sampling
 
 
 def set_name(eval_set) -> str:
@@ -32,7 +36,9 @@ def evaluate(
 ) -> dict:
     """Evaluate the base model (or base + `adapter`) on every `eval.sets` entry; writes eval-<set>.json(l).
 
-    Returns, per set, {"metrics": (what eval-<set>.json holds), "generated_tokens", "seconds"}.
+    Episodes last up to `eval.max_turns` turns (null: `env.max_turns`), so a method trained on 1-turn
+    rollouts is still evaluated over 5. Returns, per set, {"metrics": (what eval-<set>.json holds),
+    "generated_tokens", "seconds", "engine" (what ran, as `play_episodes` reports it)}.
     """
     from drift_lite import models
     from drift_lite.metrics import compute_metrics
@@ -55,7 +61,8 @@ def evaluate(
         max_new_tokens=cfg.max_new_tokens,
         seed=recipe.seed,
     )
-    env = episode_settings(recipe)
+    max_turns = cfg.max_turns if cfg.max_turns is not None else recipe.env.max_turns
+    env = dataclasses.replace(episode_settings(recipe), max_turns=max_turns)
     shots = load_shots(recipe)
     results: dict = {}
     for eval_set in cfg.sets:
@@ -95,7 +102,7 @@ def evaluate(
         )
         bar.close()
         write_rows_atomic(out_dir / f"eval-{name}.jsonl", rows)
-        metrics = compute_metrics(rows, recipe.env.max_turns)
+        metrics = compute_metrics(rows, max_turns)
         tmp = out_dir / f".eval-{name}.json.tmp"
         tmp.write_text(json.dumps(metrics, indent=1))
         tmp.replace(out_dir / f"eval-{name}.json")
@@ -104,5 +111,6 @@ def evaluate(
             "metrics": metrics,
             "generated_tokens": stats["generated_tokens"],
             "seconds": seconds,
+            "engine": stats["engine"],
         }
     return results

@@ -3,10 +3,11 @@
 from conftest import make_tiny_lm
 from tokenizers import AddedToken
 
-from drift_lite import chat, prompt_tokens, token_batching
+from drift_lite import chat, engine_token, prompt_tokens
 from drift_lite.env import EpisodeSettings
+from drift_lite.jobs import make_jobs
 from drift_lite.prompt_tokens import PromptTokenizer, anchors
-from drift_lite.rollout import Sampling, make_jobs
+from drift_lite.sampling import Sampling
 from drift_lite.tasks import load_problems
 from drift_lite.tasks.base import ExactChecker
 from drift_lite.toy_tokenizer import build_toy_tokenizer
@@ -35,23 +36,22 @@ def test_every_prompt_of_real_episodes_equals_its_whole_tokenization(monkeypatch
     real = PromptTokenizer.encode
 
     def checked(self, texts, previous):
+        if self not in cuts:
+            cuts.append(self)
         out = real(self, texts, previous)
         seen.extend(zip(texts, out, previous))
         return out
 
+    cuts = []  # the engine's PromptTokenizer
     monkeypatch.setattr(PromptTokenizer, "encode", checked)
-    cuts = []
-    monkeypatch.setattr(
-        token_batching, "PromptTokenizer", lambda tok: cuts.append(PromptTokenizer(tok)) or cuts[-1]
-    )
     problems = load_problems("toy", "train", None, 6, 0)
     jobs = make_jobs(problems, 3, 7, ExactChecker(), EpisodeSettings(max_turns=4), [])
-    token_batching.run_episodes_streaming(
+    engine_token.run_episodes_streaming(
         model, tokenizer, jobs, Sampling(max_new_tokens=12), 4, lambda job: None
     )
     assert all(ids == _full(tokenizer, text) for text, ids, _ in seen)
     later = sum(prev is not None for _, _, prev in seen)
-    assert later > 20 and cuts[0].cut >= later - 2
+    assert len(cuts) == 1 and later > 20 and cuts[0].cut >= later - 2
 
 
 def test_a_prompt_that_does_not_extend_the_previous_one_is_tokenized_whole():

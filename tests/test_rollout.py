@@ -1,5 +1,5 @@
-"""The rollout engine: per-trajectory seeds, batching independence, exact sampling, schema agreement,
-per-problem worked examples, and `rollout` files: valid rows, determinism, kill -9 and resume, refusals."""
+"""The rollout step: per-problem worked examples, and `rollout` files: valid rows, determinism, the engine
+recorded, kill -9 and resume, refusals, and what the fingerprint depends on (no weighting setting)."""
 
 import json
 import os
@@ -11,211 +11,22 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from conftest import make_tiny_lm
-from transformers import DynamicCache
 
 from drift_lite import chat, records
 from drift_lite.env import EpisodeSettings
 from drift_lite.errors import UserError
 from drift_lite.recipe import load_recipe
 from drift_lite.rollout import (
-    GumbelNoise,
-    PerRowGumbelSampler,
-    PrefixCache,
-    Sampling,
     fingerprint_path,
-    generate_turn,
     is_complete,
     load_shots,
     make_jobs,
     rollout,
     rollout_settings,
-    row_generator,
-    run_episodes,
-    supports_prefix_cache,
 )
 from drift_lite.tasks import load_problems, toy
 from drift_lite.tasks.base import ExactChecker, Problem
-
-PROBLEMS = [Problem(f"p{i}", f"{i}+{i}", str(2 * i)) for i in range(5)]
-
-
-def _play(model, tokenizer, problems, n, batch_size, sampling, order=None):
-    jobs = make_jobs(problems, n, 7, ExactChecker(), EpisodeSettings(max_turns=3), [])
-    if order is not None:
-        jobs = [jobs[i] for i in order]
-    done = {}
-    run_episodes(
-        model,
-        tokenizer,
-        jobs,
-        sampling,
-        batch_size,
-        lambda j: done.__setitem__((j.episode.problem.id, j.traj_idx), j.episode.to_row()),
-    )
-    return done
-
-
-def test_a_trajectory_does_not_depend_on_its_batch(tiny_lm):
-    model, tokenizer = tiny_lm
-    sampling = Sampling(max_new_tokens=12, temperature=1.0)
-    a = _play(model, tokenizer, PROBLEMS, 3, batch_size=15, sampling=sampling)
-    b = _play(model, tokenizer, PROBLEMS, 3, batch_size=4, sampling=sampling, order=list(range(14, -1, -1)))
-    c = _play(model, tokenizer, PROBLEMS[2:3], 3, batch_size=1, sampling=sampling)
-    assert a == b
-    for key, row in c.items():
-        assert a[key] == row
-    # different trajectories of one prompt differ (seeded apart)
-    assert len({str(a[("p0", i)]["messages"]) for i in range(3)}) > 1
-
-
-def test_gumbel_sampler_draws_from_the_softmax():
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
-    probs = torch.softmax(logits / 0.7, -1)[0]
-    counts = torch.zeros(4)
-    for key in range(4000):
-        proc = PerRowGumbelSampler([key], temperature=0.7, top_p=1.0, device=torch.device("cpu"))
-        counts[proc(None, logits.clone()).argmax()] += 1
-    assert torch.allclose(counts / 4000, probs, atol=0.03)
-
-
-def test_gumbel_noise_in_blocks_equals_one_draw_per_token():
-    """Blocks of a whole turn (small vocab), of a few tokens (large vocab) or of one: the same noise, token by
-    token, as one `rand(vocab)` per token from the row's generator."""
-    tiny = torch.finfo(torch.float32).tiny
-    for vocab, max_tokens in ((116, 40), (116, 1), (100_000, 40)):
-        noise = GumbelNoise(12345, max_tokens)
-        generator = row_generator(12345)
-        for _ in range(9):
-            uniform = torch.rand(vocab, generator=generator).clamp(min=tiny, max=1.0 - 1e-7)
-            assert torch.equal(noise.next(vocab), -torch.log(-torch.log(uniform)))
-        assert len(noise.block) == (max_tokens if vocab == 116 else 2)
-    whole = GumbelNoise(12345, 40).whole_turn(116)  # one block holds the turn: its 40 tokens' noise
-    noise = GumbelNoise(12345, 40)
-    assert torch.equal(whole, torch.stack([noise.next(116) for _ in range(40)]))
-    assert GumbelNoise(12345, 40).whole_turn(100_000) is None  # 40 tokens of this vocab: more than a block
-
-
-def test_top_p_never_picks_outside_the_nucleus():
-    logits = torch.tensor([[5.0, 4.0, -3.0, -4.0]])
-    for key in range(300):
-        proc = PerRowGumbelSampler([key], temperature=1.0, top_p=0.9, device=torch.device("cpu"))
-        assert proc(None, logits.clone()).argmax().item() in (0, 1)
-
-
-def test_greedy_turn_equals_argmax_decoding(tiny_lm):
-    model, tokenizer = tiny_lm
-    messages = chat.initial_messages(PROBLEMS[1])
-    prompt = chat.render_prompt(tokenizer, messages)
-    texts, counts = generate_turn(model, tokenizer, [prompt], [0], Sampling(greedy=True, max_new_tokens=6))
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        for _ in range(6):
-            nxt = model(ids).logits[0, -1].argmax()
-            ids = torch.cat([ids, nxt.view(1, 1)], 1)
-            if nxt.item() == tokenizer.eos_token_id:
-                break
-    expected = tokenizer.decode(ids[0, -counts[0] :], skip_special_tokens=True)
-    assert texts[0] == expected
-
-
-def test_rows_agree_with_their_messages(tiny_lm):
-    model, tokenizer = tiny_lm
-    rows = _play(model, tokenizer, PROBLEMS, 2, batch_size=6, sampling=Sampling(max_new_tokens=10))
-    for row in rows.values():
-        assistant = [m for m in row["messages"] if m["role"] == "assistant"]
-        turns = len(assistant)
-        assert 1 <= turns <= 3
-        assert set(row["turn_rewards"]) == {"t1", "t2", "t3"}
-        assert sum(row["verifier"].values()) == (row["t_star"] is not None)
-        assert len(row["reward_details"]) == turns
-        answered = [m for m in assistant if chat.parse_turn(m["content"].removeprefix("<think>")).answer]
-        assert len(row["answer_norms"]) == len(answered)
-        assert abs(row["format_penalty"] + 0.1 * (turns - len(answered))) < 1e-9
-
-
-# Prefix cache. Reused KV were computed with other padding and chunk boundaries than a full recompute, so
-# logits agree to float rounding, not bitwise (max |diff| ~1e-8 on these tiny models, ~1e-6 on the toy
-# reference: the size left padding alone already causes). A token could flip only where two (Gumbel-perturbed)
-# logits tie to that precision; on these models none does, so rows are compared exactly, and KV to tolerance.
-
-
-def test_prefix_cache_changes_no_row():
-    """Greedy and sampled rows with the cache on and off: both toy families, worked examples, first turns
-    beside later ones (a refilled batch), four turns deep, two layers."""
-    model, tokenizer = make_tiny_lm(seed=1, layers=2)
-    problems = load_problems("toy", "train", None, 6, 0)
-    assert {p.meta["toy_family"] for p in problems} == {"add", "choice"}
-    shots = load_shots(load_recipe(None, ["env.shots=1"]))
-    for sampling in (Sampling(greedy=True, max_new_tokens=12), Sampling(max_new_tokens=12)):
-        rows, cached = {}, {}
-        for on in (True, False):
-            jobs = make_jobs(problems, 2, 7, ExactChecker(), EpisodeSettings(max_turns=4), shots)
-            done = rows[on] = {}
-            stats = run_episodes(
-                model,
-                tokenizer,
-                jobs,
-                sampling,
-                5,
-                lambda j, done=done: done.__setitem__((j.episode.problem.id, j.traj_idx), j.episode.to_row()),
-                prefix_cache=on,
-            )
-            cached[on] = stats["cached_prompt_tokens"]
-        assert rows[True] == rows[False]
-        assert max(len(r["reward_details"]) for r in rows[True].values()) == 4
-        # most of every prompt came from the cache: count the prompt tokens of every turn from the rows
-        prompt_tokens = 0
-        for row in rows[True].values():
-            messages = row["messages"]
-            for k, message in enumerate(messages):
-                if message["role"] == "assistant":
-                    prompt = chat.render_prompt(tokenizer, messages[:k])
-                    prompt_tokens += len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        assert cached[False] == 0 and cached[True] > 0.6 * prompt_tokens
-
-
-def test_cached_prompt_kv_equals_a_full_recompute():
-    """Row KV built on cached prefixes (a family head, the row's last prompt) with padding in the middle equal
-    a plain forward of the same tokens, at every position and layer."""
-    model, tokenizer = make_tiny_lm(seed=1, layers=2)
-    problems = load_problems("toy", "train", None, 6, 0)
-    jobs = make_jobs(problems, 1, 7, ExactChecker(), EpisodeSettings(max_turns=4))
-    cache, sampling = PrefixCache(), Sampling(max_new_tokens=8)
-
-    def turn(batch: list) -> list[int]:
-        prompts = [chat.render_prompt(tokenizer, j.episode.messages) for j in batch]
-        heads = [p[: p.rfind(j.episode.problem.question)] for p, j in zip(prompts, batch)]
-        keys = [j.key + j.episode.turn for j in batch]
-        texts, _ = generate_turn(
-            model, tokenizer, prompts, keys, sampling, cache, [id(j) for j in batch], heads
-        )
-        for job, text in zip(batch, texts):
-            job.episode.step(text)
-        return [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-
-    first = turn(jobs[:4])
-    before = cache.reused_tokens
-    turn(jobs[:2] + jobs[4:])  # two second turns beside two first turns
-    assert cache.reused_tokens - before >= sum(first[:2])  # the second turns reused their whole first prompt
-    assert len(cache.heads) == 2 and len(cache.last) == 6
-    for prefix in cache.last.values():
-        full = DynamicCache(config=model.config)
-        with torch.no_grad():
-            model(input_ids=torch.tensor([prefix.ids]), cache=full)
-        kv = torch.stack([torch.stack((layer.keys[0], layer.values[0])) for layer in full.layers])
-        assert prefix.kv.shape == kv.shape
-        torch.testing.assert_close(prefix.kv, kv, atol=1e-5, rtol=0)
-
-
-def test_prefix_cache_only_for_full_attention_caches():
-    model, _ = make_tiny_lm()
-    assert supports_prefix_cache(model)
-    model.config.use_sliding_window, model.config.sliding_window, model.config.max_window_layers = True, 8, 0
-    model.config.layer_types = ["sliding_attention"]
-    assert not supports_prefix_cache(model)  # it keeps only a window: the prompt's KV is not all there
 
 
 def test_each_problem_gets_worked_examples_of_its_own_family():
@@ -334,31 +145,21 @@ def test_same_seed_and_settings_give_the_same_bytes(recipe_path, reference, tmp_
     assert (tmp_path / "seed4.jsonl").read_bytes() != reference
 
 
-def test_the_recipe_switches_of_engine_and_kv_reuse_change_no_byte(
-    recipe_path, reference, tmp_path, monkeypatch
-):
+def test_the_recipe_switches_of_engine_and_kv_reuse_change_no_byte(recipe_path, reference, tmp_path):
     """The default turn engine, with its prefix cache or without, and the opt-in token engine write the same
-    bytes (and each switch reaches the engine it names)."""
-    import drift_lite.rollout as rollout_module
-    import drift_lite.token_batching as token_module
-
-    seen = []
-    real_turn, real_token = rollout_module.run_episodes, token_module.run_episodes_streaming
-    monkeypatch.setattr(
-        rollout_module, "run_episodes", lambda *a, **k: seen.append(k["prefix_cache"]) or real_turn(*a, **k)
-    )
-    monkeypatch.setattr(
-        token_module, "run_episodes_streaming", lambda *a, **k: seen.append("token") or real_token(*a, **k)
-    )
-    for overrides, engine in (
-        (["rollout.prefix_cache=true"], True),
-        ([], False),
-        (["rollout.engine=token"], "token"),
+    bytes; each switch reaches the engine it names, as the returned stats and the fingerprint file record."""
+    for overrides, engine, cache in (
+        (["rollout.prefix_cache=true"], "turn", True),
+        ([], "turn", False),
+        (["rollout.engine=token"], "token", True),
     ):
-        seen.clear()
         out = tmp_path / f"{'-'.join(overrides) or 'default'}.jsonl"
-        _run(recipe_path, out, *overrides)
-        assert seen == [engine] and out.read_bytes() == reference, overrides
+        stats = _run(recipe_path, out, *overrides)
+        assert out.read_bytes() == reference, overrides
+        ran = stats["engine"]
+        assert (ran["engine"], ran["prefix_cache"], ran["fallback"]) == (engine, cache, None), overrides
+        assert ran["decoder_chain"] is (engine == "token")  # a plain Qwen2: the token engine chains its parts
+        assert json.loads(fingerprint_path(out).read_text())["stats"]["engine"] == ran
 
 
 def _lines_end(data: bytes, k: int) -> int:
@@ -428,13 +229,17 @@ def test_killed_rollout_resumes_to_the_same_bytes(recipe_path, reference, tmp_pa
     # tie at that precision: here none does; on a GPU or in bf16 (larger rounding) a near-tie could flip.
 
 
-def test_rollout_settings_follow_the_toy_build_and_the_repeat_penalty(monkeypatch):
+def test_rollout_settings_follow_the_toy_build_and_no_weighting_setting(monkeypatch):
     from drift_lite import toy_model
 
     recipe = load_recipe(None)
     base = rollout_settings(recipe)
     assert base == rollout_settings(load_recipe(None, ["rollout.batch_size=3", "model.device=cpu"]))
-    assert base != rollout_settings(load_recipe(None, ["weights.repeat_coef=0.3"]))  # in reward_details
+    for weighting in ("weights.repeat_coef=0.3", "weights.beta=0.5", "weights.gamma=0.7"):
+        assert base == rollout_settings(load_recipe(None, [weighting])), (
+            weighting
+        )  # applied at the weight step
+    assert base != rollout_settings(load_recipe(None, ["env.format_penalty=-0.2"]))
     assert base != rollout_settings(load_recipe(None, ["toy.steps=7"]))
     monkeypatch.setattr(toy_model, "CORPUS_VERSION", "another-corpus")  # a rebuilt reference, same settings
     assert base != rollout_settings(recipe)

@@ -1,5 +1,6 @@
-"""The token-level engine: the same rows and counts as the turn-level engine (`rollout.run_episodes`) for any
-batch size, slots kept full, buffer reallocation, and `on_turn` totals."""
+"""The opt-in token engine: the same rows and counts as the turn engine (`engine_turn.run_episodes`) for any
+batch size, slots kept full, buffer reallocation, deferred prefill, grouped attention, `on_turn` totals, the
+decoder chain and what it reports (all through `run_episodes_streaming` / `play_episodes` and their stats)."""
 
 import functools
 
@@ -7,13 +8,18 @@ import pytest
 import torch
 from conftest import make_tiny_lm
 
-from drift_lite import chat, rollout, token_batching
+from drift_lite import chat, engine_token, engine_token_attention
+from drift_lite import sampling as sampling_module
+from drift_lite.engine_token import run_episodes_streaming
+from drift_lite.engine_turn import run_episodes
 from drift_lite.env import EpisodeSettings
+from drift_lite.episodes import play_episodes
+from drift_lite.jobs import make_jobs
 from drift_lite.recipe import load_recipe
-from drift_lite.rollout import Sampling, load_shots, make_jobs, play_episodes, run_episodes
+from drift_lite.rollout import load_shots
+from drift_lite.sampling import GumbelNoise, Sampling
 from drift_lite.tasks import load_problems
 from drift_lite.tasks.base import ExactChecker
-from drift_lite.token_batching import run_episodes_streaming
 
 SAMPLINGS = [Sampling(greedy=True, max_new_tokens=12), Sampling(max_new_tokens=12)]
 
@@ -45,7 +51,7 @@ def test_rows_and_counts_equal_the_turn_engine(setup, sampling):
     """Greedy and sampled, batch sizes 1, 3, 5, against the turn engine with its prefix cache on and off:
     first turns beside later ones (refilled slots), four turns deep. Logits differ from the turn engine's by
     float rounding only (other padding, chunks and dead columns): no token sits on a tie at that precision."""
-    reference, ref_stats = _play(setup, run_episodes, sampling, 5)
+    reference, ref_stats = _play(setup, run_episodes, sampling, 5, prefix_cache=True)
     no_cache, _ = _play(setup, run_episodes, sampling, 5, prefix_cache=False)
     assert reference == no_cache
     assert max(len(r["reward_details"]) for r in reference.values()) == 4
@@ -55,22 +61,22 @@ def test_rows_and_counts_equal_the_turn_engine(setup, sampling):
         assert stats["generated_tokens"] == ref_stats["generated_tokens"]
         assert stats["turns"] == ref_stats["turns"] == sum(len(r["reward_details"]) for r in rows.values())
         assert stats["cached_prompt_tokens"] > 0
+        assert stats["engine"] == {
+            "engine": "token",
+            "prefix_cache": True,
+            "decoder_chain": True,
+            "fallback": None,
+        }
 
 
-def test_reallocation_changes_no_row(setup, monkeypatch):
+def test_reallocation_changes_no_row(setup):
     """With no slack the buffers are reallocated at nearly every step (else when a prefill overflows them or
     rows empty); rows stay the same."""
-    calls = []
-    real = token_batching._reallocate
-    monkeypatch.setattr(token_batching, "_reallocate", lambda *a: calls.append(1) or real(*a))
     for sampling in SAMPLINGS:
-        calls.clear()
-        reference, _ = _play(setup, run_episodes_streaming, sampling, 4)
-        default = len(calls)
-        calls.clear()
-        rows, _ = _play(setup, run_episodes_streaming, sampling, 4, slack=0)
+        reference, stats = _play(setup, run_episodes_streaming, sampling, 4)
+        rows, tight = _play(setup, run_episodes_streaming, sampling, 4, slack=0)
         assert rows == reference
-        assert len(calls) > 2 * default > 0
+        assert tight["reallocations"] > 2 * stats["reallocations"] > 0
 
 
 def _eos_biased_lm(bias: float = 2.5):
@@ -85,7 +91,7 @@ def _eos_biased_lm(bias: float = 2.5):
     return model, tokenizer
 
 
-def test_slots_stay_full(setup, monkeypatch):
+def test_slots_stay_full(setup):
     """Batch 5 and 12 jobs, turns of varied lengths: far fewer steps than the turn engine, whose rows wait for
     their turn's longest row; the same rows."""
     model, tokenizer = _eos_biased_lm()
@@ -100,14 +106,11 @@ def test_slots_stay_full(setup, monkeypatch):
     finally:
         hook.remove()
     turn_steps = sum(1 for b, t in shapes if b > 1 or t == 1)  # generate's steps, not shared-head prefills
-    steps = []  # the token engine's steps: each feeds every slot and yields one token per slot
-    real = token_batching._forward
-    monkeypatch.setattr(token_batching, "_forward", lambda *a: steps.append(1) or real(*a))
-    rows, stats = _play(biased, run_episodes_streaming, sampling, 5, n=2)
+    rows, stats = _play(biased, run_episodes_streaming, sampling, 5, n=2)  # a step: one token per fed slot
     assert rows == turn_rows and stats["generated_tokens"] == turn_stats["generated_tokens"]
     outputs = [m["content"] for r in rows.values() for m in r["messages"][3:] if m["role"] == "assistant"]
     assert len({len(text) for text in outputs}) > 5  # turns of many lengths
-    assert stats["generated_tokens"] / 5 <= len(steps) < 0.7 * turn_steps
+    assert stats["generated_tokens"] / 5 <= stats["steps"] < 0.7 * turn_steps
 
 
 def test_on_turn_adds_up_to_the_totals(setup):
@@ -118,117 +121,74 @@ def test_on_turn_adds_up_to_the_totals(setup):
 
 
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=["greedy", "sampled"])
-def test_deferred_prefill_changes_no_row(setup, monkeypatch, sampling):
+def test_deferred_prefill_changes_no_row(setup, sampling):
     """Slots starting a turn wait, idle, until 1, 2 or all 5 of them do: the same rows and counts as the turn
     engine, and fewer forwards with prompts the longer they wait when turns end at varied steps (sampled;
     greedy, this model's slots start their turns in step, so the counts tie)."""
     biased = (*_eos_biased_lm(), *setup[2:])
     reference, ref_stats = _play(biased, run_episodes, sampling, 5, n=4)
-    calls = []  # per forward: did it prefill prompts?
-    real = token_batching._step
-    monkeypatch.setattr(token_batching, "_step", lambda *a: calls.append(bool(a[4])) or real(*a))
-    prefills = {}
+    prefills = {}  # forwards with prompts
     for every in (1, 2, 5):
-        calls.clear()
         rows, stats = _play(biased, run_episodes_streaming, sampling, 5, n=4, prefill_every=every)
         assert rows == reference, every
         assert stats["generated_tokens"] == ref_stats["generated_tokens"]
         assert stats["turns"] == ref_stats["turns"]
-        prefills[every] = sum(calls)
+        prefills[every] = stats["prefill_steps"]
+        assert 0 < stats["prefill_steps"] <= stats["steps"]
     assert prefills[1] >= prefills[2] >= prefills[5]
     if not sampling.greedy:
         assert prefills[1] > 1.3 * prefills[2] > 1.3 * 1.3 * prefills[5]
 
 
-def test_a_step_feeds_only_the_decoding_tokens_and_the_prompts(setup, monkeypatch):
-    """Slots waiting for their prompt's step (and emptied ones) feed nothing: each forward's sequence is one
-    token per decoding slot plus the new prompt tokens, and steps with idle slots occur."""
-    expected, fed = [], []
-    real = token_batching._step
+def _prompt_tokens(tokenizer, rows) -> int:
+    """The prompt tokens of every turn of `rows` (not the worked examples' turns), rendered from their
+    messages."""
+    total = 0
+    for row in rows:
+        messages = row["messages"]
+        turns = [k for k, message in enumerate(messages) if message["role"] == "assistant"]
+        for k in turns[len(turns) - len(row["reward_details"]) :]:
+            prompt = chat.render_prompt(tokenizer, messages[:k])
+            total += len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    return total
 
-    def counted(run, cache, slots, decode, starting):
-        idle = sum(s is not None for s in slots) - len(decode) - len(starting)
-        expected.append((len(decode) + sum(len(slots[i].pending) for i in starting), idle))
-        return real(run, cache, slots, decode, starting)
 
-    def forward(self, ids, *args):
-        fed.append(ids.shape[1])
-        return real_forward(self, ids, *args)
-
-    real_forward = token_batching.ModelForward.__call__
-    monkeypatch.setattr(token_batching, "_step", counted)
-    monkeypatch.setattr(token_batching.ModelForward, "__call__", forward)
-    rows, _ = _play(setup, run_episodes_streaming, SAMPLINGS[1], 5, n=4, prefill_every=3)
+def test_a_step_feeds_only_the_decoding_tokens_and_the_prompts(setup):
+    """The forwards' sequences hold, in all, exactly the prompt tokens not reused plus one token per decoding
+    step of each turn (its tokens but the last): no padding, nothing for waiting or emptied slots."""
+    model, tokenizer = setup[:2]
+    fed = []  # tokens of each embedding call
+    hook = model.get_decoder().embed_tokens.register_forward_hook(lambda m, a, out: fed.append(a[0].shape[1]))
+    try:
+        rows, stats = _play(setup, run_episodes_streaming, SAMPLINGS[1], 5, n=4, prefill_every=3)
+    finally:
+        hook.remove()
     assert rows == _play(setup, run_episodes, SAMPLINGS[1], 5, n=4)[0]
-    assert fed == [tokens for tokens, _ in expected]
-    assert sum(idle > 0 for _, idle in expected) >= 5
+    assert stats["engine"]["decoder_chain"] and len(fed) == stats["steps"] + 1  # the first step runs twice
+    prompts = _prompt_tokens(tokenizer, rows.values()) - stats["cached_prompt_tokens"]
+    assert sum(fed[1:]) == prompts + stats["generated_tokens"] - stats["turns"]
 
 
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=["greedy", "sampled"])
 def test_grouped_attention_and_rows_by_length_change_no_row(setup, monkeypatch, sampling):
-    """Rows re-ordered by length at every step and each step's attention split into as many groups as it
-    allows (slots' tokens and prompts): the turn engine's rows; the model attends with plain SDPA again
+    """Rows re-ordered by length whenever it may pay and each step's attention split into as many groups as
+    it allows (a free extra attention call): the turn engine's rows; the model attends with plain SDPA again
     afterwards."""
     reference, _ = _play(setup, run_episodes, sampling, 5)
-    splits, reorders = [], []
-    real_groups, real_reallocate = token_batching._row_groups, token_batching._reallocate
-    real_permute = token_batching._permute
-    monkeypatch.setattr(token_batching, "GROUP_COST", 0)
-    monkeypatch.setattr(token_batching, "SORT_EVERY", 1)
-    monkeypatch.setattr(token_batching, "_row_groups", lambda n: splits.append(real_groups(n)) or splits[-1])
-    prompt_splits, real_prompt_groups = [], token_batching._prompt_groups
-    monkeypatch.setattr(
-        token_batching,
-        "_prompt_groups",
-        lambda *a: prompt_splits.append(real_prompt_groups(*a)) or prompt_splits[-1],
-    )
-    monkeypatch.setattr(
-        token_batching, "_reallocate", lambda *a: reorders.append(a[1]) or real_reallocate(*a)
-    )
-    permuted = []
-    monkeypatch.setattr(token_batching, "_permute", lambda *a: permuted.append(a[1]) or real_permute(*a))
-    rows, _ = _play(setup, run_episodes_streaming, sampling, 5)
+    monkeypatch.setattr(engine_token_attention, "GROUP_COST", 0)  # tuning constants, not code paths
+    monkeypatch.setattr(engine_token, "SORT_EVERY", 1)
+    splits, prompt_splits = [], []
+    for name, seen in (("row_groups", splits), ("prompt_groups", prompt_splits)):
+        real = getattr(engine_token, name)
+        monkeypatch.setattr(
+            engine_token, name, lambda *a, real=real, seen=seen: seen.append(real(*a)) or seen[-1]
+        )
+    rows, stats = _play(setup, run_episodes_streaming, sampling, 5)
     assert rows == reference
     assert sum(len(groups) > 1 for groups in splits) >= 20  # steps whose attention was split
     assert any(len(groups) > 1 for groups in prompt_splits)  # and steps whose prompts were
-    assert any(keep != sorted(keep) for keep in reorders + permuted)  # rows moved, not only dropped
-    assert permuted  # some in place (the buffers' shapes unchanged)
+    assert stats["reorders"] > 0  # rows moved, not only dropped
     assert setup[0].config._attn_implementation == "sdpa"
-
-
-def test_row_groups_split_only_when_it_saves_work(monkeypatch):
-    lengths = [200, 190, 180, 20, 10, 5, 5, 4]
-    monkeypatch.setattr(token_batching, "GROUP_COST", 0)
-    groups = token_batching._row_groups(lengths)
-    assert [(a, b) for a, b, _ in groups] in ([(0, 4), (4, 8)], [(0, 3), (3, 5), (5, 8)])
-    assert all(w == max(lengths[a:b]) + 1 for a, b, w in groups)
-    monkeypatch.setattr(token_batching, "GROUP_COST", 10_000)
-    assert token_batching._row_groups(lengths) == [(0, 8, 201)]
-
-
-def test_index_lists_become_int64_tensors_that_outlive_their_buffer():
-    """`_longs` reads a list as one buffer: the same values as `torch.tensor`, an empty list included, and the
-    tensor keeps its values after the list (and the array it was read through) are gone."""
-    values = [0, 7, -3, 2**40]
-    made = token_batching._longs(list(values), "cpu")
-    assert made.dtype == torch.long and made.tolist() == values
-    assert torch.equal(made, torch.tensor(values))
-    empty = token_batching._longs([], "cpu")
-    assert empty.dtype == torch.long and empty.shape == (0,)
-    kept = [token_batching._longs(list(range(k, k + 50)), "cpu") for k in range(20)]
-    _ = [list(range(1000)) for _ in range(200)]  # churn the allocator
-    assert all(t.tolist() == list(range(k, k + 50)) for k, t in enumerate(kept))
-
-
-def test_prompt_groups_split_first_prompts_from_later_turns(monkeypatch):
-    """Three later turns (10 tokens over rows of 200) and a first prompt (30 tokens over 20): apart, unless an
-    extra attention call costs more than the padding saved; every prompt in exactly one group."""
-    lengths, ends = [30, 10, 10, 10], [20, 200, 180, 190]
-    groups = token_batching._prompt_groups(lengths, ends)
-    assert sorted(map(sorted, groups)) == [[0], [1, 2, 3]]
-    monkeypatch.setattr(token_batching, "GROUP_COST", 100_000)
-    assert [sorted(g) for g in token_batching._prompt_groups(lengths, ends)] == [[0, 1, 2, 3]]
-    assert token_batching._prompt_groups([], []) == []
 
 
 def test_the_checkpoints_generation_config_changes_no_token(setup):
@@ -253,34 +213,37 @@ def test_the_checkpoints_generation_config_changes_no_token(setup):
 
 
 def test_noise_drawn_row_by_row_and_prompts_rendered_once_change_no_row(setup, monkeypatch):
-    """Sampled: a turn's noise too large for one block is drawn token by token per row (not read from the
-    slots' noise table); the same rows. Conversations that repeat (a problem's trajectories) are rendered
-    once."""
+    """Sampled: a turn's noise that fits one block is read from the slots' table (no per-token draw); too
+    large for one block, it is drawn token by token per row; the same rows. Conversations that repeat (a
+    problem's trajectories) are rendered once."""
     sampling = SAMPLINGS[1]
     renders = []
     real_render = chat.render_prompt
     monkeypatch.setattr(chat, "render_prompt", lambda *a: renders.append(1) or real_render(*a))
+    draws = []  # per-token reads of a row's noise stream
+    real_next = GumbelNoise.next
+    monkeypatch.setattr(GumbelNoise, "next", lambda self, vocab: draws.append(1) or real_next(self, vocab))
     reference, stats = _play(setup, run_episodes_streaming, sampling, 5)
-    assert len(renders) < stats["turns"]
-    monkeypatch.setattr(rollout, "NOISE_BLOCK_ENTRIES", 116 * 4)  # 4 tokens a block, 12 a turn
-    noise_tables = []
-    real_pick = token_batching._pick
-    monkeypatch.setattr(token_batching, "_pick", lambda *a: noise_tables.append(a[-1].noise) or real_pick(*a))
-    rows, _ = _play(setup, run_episodes_streaming, sampling, 5)
+    assert len(renders) < stats["turns"] and not draws
+    monkeypatch.setattr(sampling_module, "NOISE_BLOCK_ENTRIES", 116 * 4)  # 4 tokens a block, 12 a turn
+    rows, stats = _play(setup, run_episodes_streaming, sampling, 5)
     assert rows == reference
-    assert noise_tables and all(table is None for table in noise_tables)
+    assert len(draws) == stats["generated_tokens"]
 
 
 def test_a_model_whose_attention_cannot_be_switched_plays_with_the_turn_engine(setup, monkeypatch):
-    """transformers cannot switch the model to `packed_sdpa`: the token engine declines and `play_episodes`
-    has the turn engine play (the same rows); the token engine's step never runs."""
+    """transformers cannot switch the model to `packed_sdpa`: the token engine declines (and refuses to be
+    called directly), and `play_episodes` has the turn engine play (the same rows), reporting why."""
     sampling = SAMPLINGS[1]
     reference, _ = _play(setup, run_episodes, sampling, 5)
     monkeypatch.setattr(type(setup[0]), "_can_set_attn_implementation", classmethod(lambda cls: False))
-    steps = []
-    monkeypatch.setattr(token_batching, "_step", lambda *a: steps.append(1))
-    rows, _ = _play(setup, functools.partial(play_episodes, engine="token"), sampling, 5)
-    assert rows == reference and not steps
+    assert "packed_sdpa" in engine_token.decline_reason(setup[0])
+    with pytest.raises(ValueError, match="cannot play"):
+        _play(setup, run_episodes_streaming, sampling, 5)
+    rows, stats = _play(setup, functools.partial(play_episodes, engine="token"), sampling, 5)
+    assert rows == reference
+    ran = stats["engine"]
+    assert ran["engine"] == "turn" and "token engine declined" in ran["fallback"] and not ran["prefix_cache"]
 
 
 def test_the_decoder_runs_directly_after_one_step_checked_against_the_models_forward(setup):
@@ -295,7 +258,7 @@ def test_the_decoder_runs_directly_after_one_step_checked_against_the_models_for
     finally:
         hook.remove()
     assert rows == reference
-    assert len(calls) == 1 and stats["turns"] > 4
+    assert len(calls) == 1 and stats["turns"] > 4 and stats["engine"]["decoder_chain"]
 
 
 def test_a_model_whose_forward_adds_to_the_logits_keeps_its_own_forward(setup, monkeypatch):
@@ -317,13 +280,11 @@ def test_a_model_whose_forward_adds_to_the_logits_keeps_its_own_forward(setup, m
     monkeypatch.setattr(model, "forward", biased)
     reference, _ = _play(setup, run_episodes, sampling, 5)
     assert reference != plain
-    steps, calls = [], []
-    step = token_batching._step
-    monkeypatch.setattr(token_batching, "_step", lambda *a: steps.append(1) or step(*a))
+    calls = []
     hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
-        rows, _ = _play(setup, run_episodes_streaming, sampling, 5)
+        rows, stats = _play(setup, run_episodes_streaming, sampling, 5)
     finally:
         hook.remove()
     assert rows == reference
-    assert len(calls) == len(steps) > 1
+    assert len(calls) == stats["steps"] > 1 and stats["engine"]["decoder_chain"] is False
