@@ -31,7 +31,7 @@ from drift_lite.episodes import play_episodes
 from drift_lite.jobs import make_jobs
 from drift_lite.models import load_model, load_tokenizer, resolve_model_path
 from drift_lite.recipe import load_recipe
-from drift_lite.rollout import episode_settings, load_shots
+from drift_lite.rollouts import episode_settings, load_shots
 from drift_lite.sampling import PerRowGumbelSampler, Sampling
 from drift_lite.tasks import checker_for, load_problems
 

@@ -110,7 +110,7 @@ def peak_rss_mb() -> float:
 def child_drift(spec: dict) -> dict:
     """Train with drift-lite; return tokens, seconds and peak RSS."""
     from drift_lite.recipe import load_recipe
-    from drift_lite.train import train
+    from drift_lite.training import train
 
     recipe = load_recipe(
         None,

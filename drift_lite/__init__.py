@@ -1,7 +1,30 @@
 """drift-lite: DRIFT (decoupled rollouts + importance-weighted fine-tuning) on one GPU or a CPU.
 
-The public functions (`load_recipe`, `rollout`, `weight`, `train`, `evaluate`, `report`, `run`, `check`)
-mirror the `drift-lite` commands one for one: `drift_lite/api.py`.
+    import drift_lite as dl
+    recipe = dl.load_recipe("toy")
+    dl.run(recipe, "runs/toy-drift")
+
+The functions mirror the `drift-lite` commands one for one (drift_lite/api.py). The method's steps live in
+modules named for them: rollouts, weights, training, evaluation, reporting (pipeline chains them).
 """
 
+from drift_lite.api import check, evaluate, load_recipe, report, rollout, run, train, weight
+from drift_lite.errors import UserError
+from drift_lite.recipe import Recipe, WeightsConfig
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "Recipe",
+    "UserError",
+    "WeightsConfig",
+    "__version__",
+    "check",
+    "evaluate",
+    "load_recipe",
+    "report",
+    "rollout",
+    "run",
+    "train",
+    "weight",
+]

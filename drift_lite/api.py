@@ -44,7 +44,7 @@ def rollout(recipe: RecipeLike, out: PathLike, *, show_progress: bool = True) ->
 
     >>> dl.rollout("toy", "rollouts.jsonl")  # {'prompts': 256, 'generated_tokens': ..., 'engine': {...}}
     """
-    from drift_lite.rollout import rollout as _rollout
+    from drift_lite.rollouts import rollout as _rollout
 
     return _rollout(_recipe(recipe), out, show_progress=show_progress)
 
@@ -71,7 +71,7 @@ def train(recipe: RecipeLike, data: PathLike, out: PathLike, *, show_progress: b
 
     >>> dl.train("toy", "weighted.jsonl", "adapter")  # adapter/ loads with PeftModel.from_pretrained
     """
-    from drift_lite.train import train as _train
+    from drift_lite.training import train as _train
 
     return _train(_recipe(recipe), data, out, show_progress=show_progress)
 
@@ -83,7 +83,7 @@ def evaluate(
 
     >>> dl.evaluate("toy", "eval-trained", adapter="adapter")["toy"]["metrics"]["multi@5"]
     """
-    from drift_lite.evaluate import evaluate as _evaluate
+    from drift_lite.evaluation import evaluate as _evaluate
 
     return _evaluate(
         _recipe(recipe),
@@ -98,7 +98,7 @@ def report(run_dirs: Sequence[PathLike] | PathLike, out: PathLike, *, plots: boo
 
     >>> dl.report(["runs/toy-drift", "runs/toy-sft"], "reports/compare")
     """
-    from drift_lite.report import write_report
+    from drift_lite.reporting import write_report
 
     dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
     return write_report([Path(d) for d in dirs], Path(out), plots=plots)
@@ -116,7 +116,7 @@ def run(
 
     >>> dl.run("toy", "runs/toy-drift")  # rollout → weight → train → eval-reference/-trained → report
     """
-    from drift_lite.run import run as _run
+    from drift_lite.pipeline import run as _run
 
     path = recipe_path or (None if isinstance(recipe, Recipe) else os.fspath(recipe))
     return _run(_recipe(recipe), out, recipe_path=path, force=force, show_progress=show_progress)

@@ -119,7 +119,7 @@ WEIGHT_OPTIONS = (
 
 def _dispatch(args: argparse.Namespace) -> int:
     """Call the public API (drift_lite.api) for one command and print its result."""
-    from drift_lite import api as dl
+    import drift_lite as dl
 
     # progress bars on a terminal (or when asked), not in captured logs
     show = sys.stderr.isatty() or os.environ.get("DRIFT_LITE_PROGRESS") == "1"

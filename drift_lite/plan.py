@@ -136,7 +136,7 @@ def uses_gpu(model) -> bool:
 
 
 def _validate(recipe) -> None:
-    from drift_lite.rollout import load_shots
+    from drift_lite.rollouts import load_shots
     from drift_lite.tasks import checker_for
 
     load_shots(recipe)  # env.shots: worked examples exist for the task (the rollout's own rule)

@@ -86,7 +86,7 @@ def test_the_conversion_gives_a_normal_hf_folder(cache):
 
 
 def test_multi_turn_rollouts_sample_in_the_release_schema(use_cache, tmp_path):
-    from drift_lite.rollout import rollout
+    from drift_lite.rollouts import rollout
 
     recipe = load_recipe(RECIPE, ["task.size=2", "rollout.n_samples=2", "env.max_turns=2"])
     out = tmp_path / "rollouts.jsonl"

@@ -16,7 +16,7 @@ from drift_lite.env import EpisodeSettings
 from drift_lite.episodes import play_episodes
 from drift_lite.jobs import make_jobs
 from drift_lite.recipe import load_recipe
-from drift_lite.rollout import load_shots
+from drift_lite.rollouts import load_shots
 from drift_lite.sampling import GumbelNoise, Sampling
 from drift_lite.tasks import load_problems
 from drift_lite.tasks.base import ExactChecker

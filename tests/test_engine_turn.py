@@ -10,7 +10,7 @@ from drift_lite.engine_turn import PrefixCache, generate_turn, run_episodes
 from drift_lite.env import EpisodeSettings
 from drift_lite.jobs import make_jobs, supports_prefix_cache
 from drift_lite.recipe import load_recipe
-from drift_lite.rollout import load_shots
+from drift_lite.rollouts import load_shots
 from drift_lite.sampling import Sampling
 from drift_lite.tasks import load_problems
 from drift_lite.tasks.base import ExactChecker, Problem

@@ -175,7 +175,7 @@ def test_rollout_checks_a_recipe_built_in_code_and_writes_nothing(tmp_path, sect
     import dataclasses
 
     from drift_lite.recipe import Recipe
-    from drift_lite.rollout import rollout
+    from drift_lite.rollouts import rollout
 
     recipe = Recipe()
     setattr(recipe, section, dataclasses.replace(getattr(recipe, section), **{field: value}))

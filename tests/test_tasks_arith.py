@@ -9,7 +9,7 @@ from drift_lite import chat
 from drift_lite.env import EpisodeSettings
 from drift_lite.errors import UserError
 from drift_lite.recipe import load_recipe
-from drift_lite.rollout import load_shots, make_jobs
+from drift_lite.rollouts import load_shots, make_jobs
 from drift_lite.tasks import arith, checker_for, load_problems, task_names, toy
 
 

@@ -17,7 +17,7 @@ from drift_lite import chat, records
 from drift_lite.env import EpisodeSettings
 from drift_lite.errors import UserError
 from drift_lite.recipe import load_recipe
-from drift_lite.rollout import (
+from drift_lite.rollouts import (
     fingerprint_path,
     is_complete,
     load_shots,

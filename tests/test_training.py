@@ -17,7 +17,7 @@ from test_models import make_tiny_model
 
 from drift_lite.errors import UserError
 from drift_lite.recipe import Recipe, load_recipe
-from drift_lite.train import CHECKPOINT_COMPLETE, CHECKPOINTS, is_complete, train
+from drift_lite.training import CHECKPOINT_COMPLETE, CHECKPOINTS, is_complete, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,7 +132,7 @@ _CHILD = """
 import sys, time
 from transformers import TrainerCallback
 from drift_lite.recipe import load_recipe
-from drift_lite.train import train
+from drift_lite.training import train
 
 class Slow(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from drift_lite.episodes import play_episodes
 from drift_lite.errors import UserError
 from drift_lite.jobs import make_jobs
-from drift_lite.rollout import episode_settings, load_shots
+from drift_lite.rollouts import episode_settings, load_shots
 from drift_lite.sampling import Sampling
 
 

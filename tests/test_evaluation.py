@@ -10,7 +10,7 @@ import torch
 from conftest import make_tiny_lm
 
 from drift_lite.errors import UserError
-from drift_lite.evaluate import evaluate
+from drift_lite.evaluation import evaluate
 from drift_lite.metrics import compute_metrics, recompute_matches
 from drift_lite.recipe import load_recipe
 

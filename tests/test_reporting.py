@@ -8,8 +8,8 @@ import yaml
 
 from drift_lite.errors import UserError
 from drift_lite.metrics import compute_metrics, recompute_matches
-from drift_lite.report import summary_lines, write_report
 from drift_lite.report_runs import load_run, sample_weights
+from drift_lite.reporting import summary_lines, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -133,12 +133,12 @@ def _run_locked(
 ) -> Path:
     """`run` while this process holds the run folder's lock."""
     from drift_lite import models, versions
-    from drift_lite.evaluate import evaluate, set_name
-    from drift_lite.report import summary_lines, write_report
-    from drift_lite.rollout import env_identity, rollout, rollout_settings
-    from drift_lite.rollout import is_complete as rollout_complete
-    from drift_lite.train import is_complete as train_complete
-    from drift_lite.train import train as train_step
+    from drift_lite.evaluation import evaluate, set_name
+    from drift_lite.reporting import summary_lines, write_report
+    from drift_lite.rollouts import env_identity, rollout, rollout_settings
+    from drift_lite.rollouts import is_complete as rollout_complete
+    from drift_lite.training import is_complete as train_complete
+    from drift_lite.training import train as train_step
     from drift_lite.weights import diagnostics_path, weight_file
 
     _claim(root, recipe, force)

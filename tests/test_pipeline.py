@@ -13,9 +13,9 @@ from transformers import Qwen2ForCausalLM
 from drift_lite import cli
 from drift_lite.errors import UserError
 from drift_lite.metrics import compute_metrics, recompute_matches
+from drift_lite.pipeline import RunDir, Step, _claim, execute, run
 from drift_lite.recipe import load_recipe
 from drift_lite.records import iter_rows
-from drift_lite.run import RunDir, Step, _claim, execute, run
 from drift_lite.weights import group_weights, trajectory_return, weight_rows
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "toy" / "drift.yaml"
@@ -325,7 +325,7 @@ def test_run_creates_missing_parent_folders(tmp_path):
         _claim(root, load_recipe(None), force=False)
 
 
-@pytest.mark.parametrize("change", ["weights.beta=0.3", "weights.max_weight=2"])
+@pytest.mark.parametrize("change", ["weights.beta=0.3", "weights.repeat_coef=0.2", "weights.max_weight=2"])
 def test_a_weight_setting_reruns_exactly_weight_train_and_eval_trained(tiny_run, tmp_path, change):
     """The return's settings apply at the weight step only: the rollout and eval-reference stay."""
     import shutil
