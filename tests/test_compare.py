@@ -412,3 +412,23 @@ def test_two_methods_two_seeds_end_to_end(tmp_path):
     added = log.read_text().splitlines()[len(before) :]
     assert len(added) == 4 and all(line.endswith("finished, skipped") for line in added), added
     assert (out / "runs" / "drift-s0" / "log.txt").read_text() == run_log  # run.run was not even called
+
+
+def test_toy_compare_methods_share_rollouts_as_documented_and_one_evaluation():
+    spec = load_spec(TOY / "compare.yaml")
+    recipes = {m.name: method_recipe(spec, m, 0) for m in spec.methods if Path(m.recipe).exists()}
+    keys = {name: compare_mod._rollout_key(r) for name, r in recipes.items()}
+    five_turn = {
+        n
+        for n, r in recipes.items()
+        if r.algorithm == "weighted_sft" and n not in ("sft-1turn", "drift-1turn")
+    }
+    assert len(five_turn) >= 8
+    assert len({keys[n] for n in five_turn}) == 1  # DRIFT's rollout serves every 5-turn weighted-SFT method
+    assert keys["sft-1turn"] == keys["drift-1turn"] != keys["drift"]
+    # every method is evaluated on the same problems, the same way, over 5 turns
+    evals = {
+        name: {**r.to_dict()["eval"], "max_turns": r.eval.max_turns or r.env.max_turns}
+        for name, r in recipes.items()
+    }
+    assert all(e == evals["drift"] for e in evals.values()) and evals["drift"]["max_turns"] == 5
