@@ -237,11 +237,11 @@ def compare(
                 # compare owns the folders it made (ledger) or seeded: run.run may reuse them even when a
                 # method's recipe name changed; its stamps redo whatever the new settings touch
                 ours = name in ledger
+                ledger[name] = {"recipe": _recipe_key(recipe), "done": False}  # before the folder is made
+                write_json_atomic(ledger_path, ledger)
                 if not run_dir.exists() and key in donors and _share_rollout(donors[key], run_dir):
                     ours = True
                     _say(out, show_progress, f"[compare] {name}: rollout shared with {donors[key].name}")
-                ledger[name] = {"recipe": _recipe_key(recipe), "done": False}
-                write_json_atomic(ledger_path, ledger)
                 _say(out, show_progress, f"[compare] {name}: running")
                 runner(
                     recipe,

@@ -256,6 +256,24 @@ def test_a_rerun_skips_finished_runs_and_redoes_changed_or_killed_ones(done, tmp
     assert [c[:2] for c in again.calls] == [("online", 2)]
 
 
+def test_a_compare_killed_inside_a_run_resumes_it(tmp_path):
+    class Killed(StubRunner):
+        def __call__(self, recipe, out_dir, **kwargs):
+            if (recipe.name, recipe.seed) == ("m-sft", 1):
+                raise KeyboardInterrupt  # after the folder was seeded with drift-s1's rollout
+            return super().__call__(recipe, out_dir, **kwargs)
+
+    spec, out = _spec(tmp_path), tmp_path / "cmp"
+    with pytest.raises(KeyboardInterrupt):
+        compare(spec, out, show_progress=False, runner=Killed())
+    assert (out / "runs" / "sft-s1" / "rollouts.jsonl").exists()
+    again = StubRunner()
+    compare(spec, out, show_progress=False, runner=again)
+    # the seeded folder is compare's own (force), its shared rollout kept; the runs never started come after
+    assert again.calls[0] == ("sft", 1, True, True)
+    assert [c[:2] for c in again.calls[1:]] == [(m, 2) for m in ("drift", "online", "sft")]
+
+
 def test_results_are_recomputable_from_the_run_folders(done):
     spec, out, _, results = done
     (out / "results.json").unlink()
