@@ -22,6 +22,7 @@ EXAMPLES = {
     "eval": "drift-lite eval recipes/toy/drift.yaml --adapter runs/toy-drift/adapter --out eval-trained",
     "report": "drift-lite report runs/toy-drift runs/toy-sft --out reports/compare",
     "check": "drift-lite check recipes/paper/qwen2.5-3b-metamathqa.yaml",
+    "compare": "drift-lite compare recipes/toy/compare.yaml --out runs/compare",
 }
 
 
@@ -103,6 +104,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("check", "Validate a recipe, resolve its data and print the plan (sizes, tokens, memory, time).")
     recipe_args(p)
+
+    p = add(
+        "compare",
+        "Methods x seeds from a compare SPEC (resumable): results.md, results.json and plots, with costs.",
+    )
+    p.add_argument("spec", metavar="SPEC", help="compare spec YAML (methods, seeds, overrides)")
+    p.add_argument("--out", required=True, help="folder for runs/, results.md, results.json, plots/")
+    p.add_argument(
+        "--results-only", action="store_true", help="rebuild the results from finished runs; run nothing"
+    )
     return parser
 
 
@@ -131,6 +142,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "report":
         print(dl.report(args.runs, args.out))
+        return 0
+    if args.command == "compare":
+        from drift_lite.compare import compare, write_results
+
+        if args.results_only:
+            print(write_results(args.spec, args.out))
+        else:
+            print(compare(args.spec, args.out, show_progress=show))
         return 0
     recipe = dl.load_recipe(args.recipe, args.overrides)
     if args.command == "run":

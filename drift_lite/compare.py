@@ -12,7 +12,7 @@ the paired differences are taken against:
 
 Each method × seed runs into `DIR/runs/<method>-s<seed>` (`seed=S train.seed=S` appended to its overrides).
 A run that finished with the same resolved recipe is skipped without loading anything (the ledger
-`DIR/compare-runs.json`); any other is handed to `run.run`, which itself skips complete steps, so a killed
+`DIR/compare-runs.json`); any other goes to `pipeline.run`, which itself skips complete steps, so a killed
 compare resumes where it stopped. Methods whose rollout settings are equal (they differ only in weights or
 training) share one rollout per seed: the finished rollout is copied into the new run folder before it starts.
 
@@ -42,7 +42,8 @@ LOG = "compare-log.txt"
 SPEC_KEYS = {"methods", "seeds", "overrides", "reference_method", "eval_set", "share_rollouts"}
 METHOD_KEYS = {"recipe", "overrides", "label"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-Runner = Callable[..., Path]  # run.run's signature: (recipe, out_dir, *, recipe_path, force, show_progress)
+# pipeline.run's signature: (recipe, out_dir, *, recipe_path, force, show_progress)
+Runner = Callable[..., Path]
 
 
 @dataclass
@@ -166,15 +167,15 @@ def _rollout_key(recipe: Recipe) -> str | None:
     """What a run's rollout file depends on (None: this algorithm has no shareable rollout)."""
     if recipe.algorithm != "weighted_sft":
         return None
-    from drift_lite.rollout import rollout_settings
+    from drift_lite.rollouts import rollout_settings
 
     return settings_hash(rollout_settings(recipe))
 
 
-# The rollout of a finished run, as run.run leaves it: the file, its side files (settings), the step's stamp.
-# Copying these is all run.run needs to skip the step: its stamp is a hash of rollout_settings, which the
-# caller has checked are equal. (A `run.run(..., rollout_from=DIR)` parameter would keep this knowledge in
-# run.py; until it exists, compare copies the files.)
+# The rollout of a finished run, as the pipeline leaves it: the file, its side files (settings), the step's
+# stamp. Copying these is all pipeline.run needs to skip the step: its stamp is a hash of rollout_settings,
+# which the caller has checked are equal. (A `pipeline.run(..., rollout_from=DIR)` parameter would keep this
+# in pipeline.py; until it exists, compare copies the files.)
 def _share_rollout(donor: Path, target: Path) -> bool:
     """Start `target` (a new run folder) with the finished rollout (and reference evaluation) of `donor`;
     False, with nothing written, when the donor has no stamped rollout to give."""
@@ -188,7 +189,7 @@ def _share_rollout(donor: Path, target: Path) -> bool:
     for name in ["rollouts.jsonl", *(p.name for p in donor.glob("rollouts.jsonl.*.json"))]:
         shutil.copy2(donor / name, tmp / name)
     shared = ["rollout"]
-    # the reference evaluation too: run.run still redoes it if its own settings (eval, env) differ
+    # the reference evaluation too: pipeline.run still redoes it if its own settings (eval, env) differ
     if (donor / "eval-reference").is_dir() and (stamps / "eval-reference.json").is_file():
         shutil.copytree(donor / "eval-reference", tmp / "eval-reference")
         shared.append("eval-reference")
@@ -212,12 +213,12 @@ def compare(
     runner: Runner | None = None,
 ) -> Path:
     """Run every method × seed of the spec into `out_dir/runs/` (resumable), then write the results;
-    returns the path of results.md. `runner` replaces `drift_lite.run.run` (tests)."""
+    returns the path of results.md. `runner` replaces `drift_lite.pipeline.run` (tests)."""
     spec = load_spec(spec_path)
     out = Path(out_dir)
     recipes = {(m.name, s): method_recipe(spec, m, s) for s in spec.seeds for m in spec.methods}
     if runner is None:
-        from drift_lite.run import run as runner
+        from drift_lite.pipeline import run as runner
     try:
         (out / "runs").mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -234,7 +235,7 @@ def compare(
             if is_finished(run_dir, recipe, ledger):
                 _say(out, show_progress, f"[compare] {name}: finished, skipped")
             else:
-                # compare owns the folders it made (ledger) or seeded: run.run may reuse them even when a
+                # compare owns the folders it made (ledger) or seeded: pipeline.run may reuse them even when a
                 # method's recipe name changed; its stamps redo whatever the new settings touch
                 ours = name in ledger
                 ledger[name] = {"recipe": _recipe_key(recipe), "done": False}  # before the folder is made

@@ -27,7 +27,7 @@ def _seeds(values: list) -> str:
 
 def markdown(results: dict) -> str:
     """results.md: quality, paired differences, per-turn accuracy, cost and the cost ratio."""
-    from drift_lite.report import table
+    from drift_lite.report_tables import table
 
     k = results["top_k"]
     top = f"multi@{k}"

@@ -96,7 +96,7 @@ def _top_k(metrics: list[dict | None]) -> int:
 def collect(spec, out: Path, recipes: dict) -> dict:
     """Everything results.json holds, computed from the run folders under `out/runs/`."""
     from drift_lite.compare import run_name
-    from drift_lite.evaluate import set_name
+    from drift_lite.evaluation import set_name
 
     seeds = spec.seeds
     runs: dict[str, list[dict]] = {}

@@ -58,7 +58,7 @@ def _write(path: Path, data) -> None:
 
 
 class StubRunner:
-    """Writes a run folder laid out as run.run leaves it, with the scores above; records its calls."""
+    """Writes a run folder laid out as pipeline.run leaves it, with the scores above; records its calls."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int, bool, bool]] = []  # (method, seed, force, rollout already there)
@@ -110,7 +110,9 @@ class StubRunner:
                 "target_tokens": 900,
                 "steps": 12,
             }
-        if "eval-reference" not in timings:  # run.run skips a shared reference evaluation of equal settings
+        if (
+            "eval-reference" not in timings
+        ):  # pipeline.run skips a shared reference evaluation of equal settings
             timings["eval-reference"] = {"seconds": 2.0, "generated_tokens": 100}
             (root / ".stamps").mkdir(exist_ok=True)
             (root / ".stamps" / "eval-reference.json").write_text('{"key": "e", "complete": true}')
@@ -429,7 +431,7 @@ def test_two_methods_two_seeds_end_to_end(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     added = log.read_text().splitlines()[len(before) :]
     assert len(added) == 4 and all(line.endswith("finished, skipped") for line in added), added
-    assert (out / "runs" / "drift-s0" / "log.txt").read_text() == run_log  # run.run was not even called
+    assert (out / "runs" / "drift-s0" / "log.txt").read_text() == run_log  # pipeline.run was not even called
 
 
 def test_toy_compare_methods_share_rollouts_as_documented_and_one_evaluation():
