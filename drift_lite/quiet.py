@@ -10,13 +10,13 @@ import logging
 import os
 import warnings
 
-# bitsandbytes (>= 0.49) probes the kernel hub when its CPU backend is imported on a CPU with AVX512-BF16
-# (peft imports bitsandbytes, so every command does it): `kernels.get_kernel("kernels-community/
-# quantization-bitsandbytes")` makes network requests at each start, and with kernels >= 0.19 it is refused
-# anyway (the repository fails kernels' publisher trust check, and bitsandbytes cannot pass trust_remote_code),
-# so bitsandbytes logs "Failed to load CPU gemm_4bit_forward ..." and uses its own CPU kernel, as it would
-# without the probe. kernels' LOCAL_KERNELS setting (repo_id=path, read when get_kernel runs) maps that one
-# repository to an empty local path: the probe then fails at once, without the network.
+# bitsandbytes (0.50) probes the kernel hub when its CPU backend is imported on a CPU with AVX512-BF16
+# (peft imports bitsandbytes, so every command that trains or loads a model does it):
+# `kernels.get_kernel("kernels-community/quantization-bitsandbytes")` makes network requests at each start,
+# and with kernels 0.19 it is refused anyway (the repository fails kernels' publisher trust check, which
+# bitsandbytes cannot waive), so bitsandbytes logs "Failed to load CPU gemm_4bit_forward ..." and uses its
+# own CPU kernel, as it would without the probe. kernels' LOCAL_KERNELS setting (repo_id=path, read when
+# get_kernel runs) maps that one repository to an empty local path: the probe fails at once, offline.
 _BNB_KERNEL_REPO = "kernels-community/quantization-bitsandbytes"
 _BNB_PROBE_LOGGER = "bitsandbytes.backends.cpu.ops"
 _BNB_PROBE_MESSAGE = "Failed to load CPU gemm_4bit_forward"

@@ -17,12 +17,12 @@ DEFAULT_FILE = "drift.yaml"  # a folder name alone (`toy`) means the folder's dr
 
 
 def list_recipes() -> list[str]:
-    """The packaged recipe names, e.g. ['cpu/smollm2-arith', ..., 'toy/drift'] (each also works with .yaml)."""
+    """The packaged recipe names, e.g. ['cpu/smollm2-arith', ..., 'toy/drift'] (.yaml may be added)."""
     return sorted(p.relative_to(RECIPES).with_suffix("").as_posix() for p in RECIPES.rglob("*.yaml"))
 
 
 def find_recipe(name_or_path: str) -> Path:
-    """An existing recipe file, else the packaged recipe of that name: `find_recipe("toy")` -> .../toy/drift.yaml."""
+    """An existing file, else the packaged recipe of that name: `find_recipe("toy")` -> …/toy/drift.yaml."""
     given = Path(name_or_path)
     if given.is_file():
         return given

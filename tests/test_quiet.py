@@ -46,7 +46,7 @@ def test_known_deprecation_silenced_other_warnings_stay(monkeypatch):
 
 
 def test_importing_bitsandbytes_prints_no_probe_line():
-    code = "from drift_lite.quiet import quiet_known_noise; quiet_known_noise(); import bitsandbytes; print('ok')"
+    code = "import drift_lite.quiet as q; q.quiet_known_noise(); import bitsandbytes; print('ok')"
     env = {k: v for k, v in os.environ.items() if k != "LOCAL_KERNELS"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
