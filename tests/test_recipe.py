@@ -49,7 +49,7 @@ def test_errors_name_the_file(tmp_path):
     path.write_text("a: [\n")
     with pytest.raises(UserError, match="bad.yaml:.*not valid YAML"):
         load_recipe(path)
-    with pytest.raises(UserError, match="missing.yaml: cannot read recipe"):
+    with pytest.raises(UserError, match="missing.yaml.: no such file"):
         load_recipe(tmp_path / "missing.yaml")
 
 
