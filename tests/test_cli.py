@@ -101,10 +101,10 @@ def test_top_level_help_lists_every_subcommand(capsys):
         assert f"    {command}" in out
 
 
-# Write failures on --out: one line naming the path and the reason, exit 2, nothing written, before any model
-# loads. The tests run as root, which ignores chmod: a read-only folder is simulated by an os.open that refuses
-# to create files in it (EROFS, what a read-only mount answers), an unwritable folder by a path under a plain
-# file, and a full disk by an os.fsync that answers ENOSPC.
+# Write failures on --out: one line naming the path and the reason, exit 2, nothing written, before any
+# model loads. The tests run as root, which ignores chmod: a read-only folder is simulated by an os.open that
+# refuses to create files in it (EROFS, what a read-only mount answers), an unwritable folder by a path under
+# a plain file, and a full disk by an os.fsync that answers ENOSPC.
 
 # (command line with OUT as the output path); RECIPE commands load the recipe first, which must pass
 COMMANDS = {

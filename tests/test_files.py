@@ -26,7 +26,7 @@ def test_a_path_through_a_plain_file_is_refused(tmp_path: Path):
         check_writable_dir(tmp_path / "file")
 
 
-# Tests run as root, which ignores chmod: an unwritable folder is simulated by an os.open that refuses (EACCES).
+# Tests run as root, which ignores chmod: an unwritable folder is simulated by an os.open refusing (EACCES).
 def test_an_unwritable_folder_is_refused_with_the_reason(tmp_path: Path, monkeypatch):
     real_open = os.open
 
@@ -53,5 +53,8 @@ def test_a_full_disk_is_refused_and_the_probe_removed(tmp_path: Path, monkeypatc
 
 def test_os_error_line_names_the_paths_and_the_reason():
     assert os_error_line(OSError(errno.EROFS, "Read-only file system", "a/b")) == "a/b: Read-only file system"
-    assert os_error_line(OSError(errno.EXDEV, "Cross-device link", "a", None, "b")) == "a -> b: Cross-device link"
+    assert (
+        os_error_line(OSError(errno.EXDEV, "Cross-device link", "a", None, "b"))
+        == "a -> b: Cross-device link"
+    )
     assert os_error_line(OSError("two\nlines")) == "two lines"
