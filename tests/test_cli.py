@@ -1,5 +1,6 @@
 """The `drift-lite` command on bad input: exit code 2, one line on stderr, no traceback, nothing written."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,20 @@ def test_an_os_error_after_the_checks_is_one_line_naming_the_path(folder, capsys
     captured = capsys.readouterr()
     assert code == 2 and "Traceback" not in captured.err
     assert captured.err == "drift-lite: error: out/plots/loss.png: Input/output error\n"
+
+
+def test_eval_set_name_escaping_out_is_one_line_and_writes_nothing(folder, capsys, no_model_load):
+    sets = 'eval.sets=[{"task": "toy", "size": 2, "name": "reference/../../../../ESCAPE"}]'
+    (folder / "a" / "b").mkdir(parents=True)
+    line = _one_line_exit_2(["eval", "recipe.yaml", sets, "--out", "a/b/out"], capsys, folder)
+    assert "ESCAPE" in line
+    assert not list(folder.parent.glob("ESCAPE*")) and not list(folder.glob("ESCAPE*"))
+
+
+def test_eval_with_an_adapter_of_another_base_is_one_line_before_any_output(folder, capsys):
+    adapter = folder / "adapter"
+    adapter.mkdir()
+    config = {"peft_type": "LORA", "base_model_name_or_path": str(folder / "another-model"), "r": 4}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    line = _one_line_exit_2(["eval", "recipe.yaml", "--adapter", "adapter", "--out", "out"], capsys, folder)
+    assert "holds an adapter for base model" in line and "another-model" in line
