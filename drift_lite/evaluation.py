@@ -31,14 +31,14 @@ def check_set_names(sets, out_dir: str | Path) -> list[str]:
     """The sets' names, refused (one line) when one is repeated or would write outside `out_dir`.
 
     The recipe check refuses such names too; this is the last guard before writing: the resolved output
-    path of every set must sit directly in `out_dir`.
+    path of every set (normalized, without following a symlinked file) must sit directly in `out_dir`.
     """
     root = Path(out_dir).resolve()
     names: list[str] = []
     for eval_set in sets:
         name = set_name(eval_set)
-        target = (root / f"eval-{name}.jsonl").resolve()
-        if target.parent != root or os.sep in name or (os.altsep and os.altsep in name):
+        target = Path(os.path.normpath(root / f"eval-{name}.jsonl"))  # lexical: a symlinked file may stay
+        if target.parent != root or os.sep in name or (os.altsep and os.altsep in name) or "\0" in name:
             raise UserError(f"eval set name {name!r}: would write outside {out_dir}; use [A-Za-z0-9_.-] only")
         if name in names:
             raise UserError(f"eval set name {name!r} appears twice: each set needs its own name")
