@@ -6,6 +6,7 @@ Every user mistake is one line on stderr and exit code 2 (never a traceback).
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -138,7 +139,7 @@ def _check_out(args: argparse.Namespace) -> None:
         if os.path.lexists(folder) and not os.path.isdir(folder):
             raise UserError(f"{out}: '{folder}' is not a folder")
         check_output_path(out)
-        check_writable_dir(folder)
+        check_writable_dir(folder, shown=out)
     elif args.command != "check":
         check_writable_dir(args.out)
 
@@ -190,6 +191,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+# errno values of a failed write; without a path in the error, the command's output path is named instead
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `drift-lite` console script."""
     parser = _parser()
@@ -211,7 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         # the path and the reason are the whole story, so one line, like a user mistake.
         from drift_lite.files import os_error_line
 
-        print(f"drift-lite: error: {os_error_line(e)}", file=sys.stderr)
+        line = os_error_line(e)
+        out = getattr(args, "out", None) or getattr(args, "output", None)
+        if e.filename is None and e.errno in _WRITE_ERRNOS and out is not None:
+            # A write on an open file names no path (e.g. ENOSPC from write()): the output is the one written.
+            line = f"{out}: {line}"
+        print(f"drift-lite: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("drift-lite: interrupted", file=sys.stderr)

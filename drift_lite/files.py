@@ -163,17 +163,19 @@ def _nearest_existing(path: str) -> str:
     return probe
 
 
-def check_writable_dir(path: PathLike) -> None:
-    """Raise UserError (naming `path` and the reason) unless `path` is, or could be made, a writable folder.
+def check_writable_dir(path: PathLike, shown: PathLike | None = None) -> None:
+    """Raise UserError (naming `shown`, default `path`, and the reason) unless `path` is, or could be made, a
+    writable folder.
 
     Nothing is left behind: a missing folder is not created; the nearest existing folder on its way gets a
     one-byte probe file (created, written, fsynced and removed), which is what catches a read-only file
     system, a folder without write permission and a full disk, for root as well as anyone else.
     """
-    name = os.fspath(path)
-    existing = _nearest_existing(name)
+    folder = os.fspath(path)
+    name = os.fspath(shown) if shown is not None else folder
+    existing = _nearest_existing(folder)
     if not os.path.isdir(existing):
-        if existing == os.path.normpath(name):
+        if existing == os.path.normpath(folder) and shown is None:
             raise UserError(f"{name}: exists and is not a folder")
         raise UserError(f"{name}: '{existing}' is not a folder")
     # The probe is named like the atomic writer's temps, so a killed check is cleaned by remove_stale_temps.

@@ -235,3 +235,18 @@ def test_eval_with_an_adapter_of_another_base_is_one_line_before_any_output(fold
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     line = _one_line_exit_2(["eval", "recipe.yaml", "--adapter", "adapter", "--out", "out"], capsys, folder)
     assert "holds an adapter for base model" in line and "another-model" in line
+
+
+def test_a_write_error_without_a_path_names_the_output(folder, capsys, monkeypatch):
+    import errno
+    import os
+
+    import drift_lite
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what write() on an open file raises
+
+    monkeypatch.setattr(drift_lite, "rollout", full_disk)
+    code = cli.main(["rollout", "recipe.yaml", "--out", "r.jsonl"])
+    assert code == 2
+    assert capsys.readouterr().err == "drift-lite: error: r.jsonl: No space left on device\n"

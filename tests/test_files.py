@@ -58,3 +58,9 @@ def test_os_error_line_names_the_paths_and_the_reason():
         == "a -> b: Cross-device link"
     )
     assert os_error_line(OSError("two\nlines")) == "two lines"
+
+
+def test_the_message_can_name_the_file_the_folder_is_checked_for(tmp_path: Path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=r"^out.jsonl: '.*file' is not a folder$"):
+        check_writable_dir(tmp_path / "file", shown="out.jsonl")
