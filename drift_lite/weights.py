@@ -24,8 +24,8 @@ only: the rollout does not depend on them, so changing one reruns weight → tra
 pass 2 re-reads the input and copies each kept line verbatim with `, "return": R, "weight": w` spliced before
 its closing brace (floats as repr, so they round-trip exactly). A row that already has `return` / `weight`
 keys (a re-weighted file) is re-serialized without them instead, so the new values are appended once.
-Diagnostics go to `<OUT>.diagnostics.json` (e.g. `weighted.jsonl.diagnostics.json`). Blank input lines are
-not copied.
+Diagnostics go to `<OUT>.diagnostics.json` (e.g. `weighted.jsonl.diagnostics.json`), written just before OUT's
+temp file is renamed into place: both change, or neither. Blank input lines are not copied.
 """
 
 from __future__ import annotations
