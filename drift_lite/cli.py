@@ -6,6 +6,7 @@ Every user mistake is one line on stderr and exit code 2 (never a traceback).
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -128,6 +129,21 @@ WEIGHT_OPTIONS = (
 )
 
 
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuse an output path that cannot be written, before any model loads (one line, nothing created)."""
+    from drift_lite.files import check_output_path, check_writable_dir
+
+    if args.command in ("rollout", "weight"):  # a file: its folder must exist and take a new file
+        out = args.out if args.command == "rollout" else args.output
+        folder = os.path.dirname(out) or "."
+        if os.path.lexists(folder) and not os.path.isdir(folder):
+            raise UserError(f"{out}: '{folder}' is not a folder")
+        check_output_path(out)
+        check_writable_dir(folder, shown=out)
+    elif args.command != "check":
+        check_writable_dir(args.out)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     """Call the public API (drift_lite.api) for one command and print its result."""
     import drift_lite as dl
@@ -138,20 +154,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         from drift_lite.weights import format_diagnostics
 
         given = {k: getattr(args, k) for k in WEIGHT_OPTIONS if getattr(args, k) is not None}
+        _check_out(args)
         print(format_diagnostics(dl.weight(args.input, args.output, show_progress=show, **given)))
         return 0
     if args.command == "report":
+        _check_out(args)
         print(dl.report(args.runs, args.out))
         return 0
     if args.command == "compare":
         from drift_lite.compare import compare, write_results
 
+        _check_out(args)
         if args.results_only:
             print(write_results(args.spec, args.out))
         else:
             print(compare(args.spec, args.out, show_progress=show))
         return 0
     recipe = dl.load_recipe(args.recipe, args.overrides)
+    _check_out(args)  # after the recipe's own checks, before a model loads
     if args.command == "run":
         dl.run(recipe, args.out, force=args.force, show_progress=show, recipe_path=args.recipe)
     elif args.command == "rollout":
@@ -171,6 +191,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+# errno values of a failed write; without a path in the error, the command's output path is named instead
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `drift-lite` console script."""
     parser = _parser()
@@ -185,7 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except UserError as e:
-        print(f"drift-lite: error: {e}", file=sys.stderr)
+        print(f"drift-lite: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A file-system failure on a user path (read-only, full disk, a file where a folder is expected):
+        # the path and the reason are the whole story, so one line, like a user mistake.
+        from drift_lite.files import os_error_line
+
+        line = os_error_line(e)
+        out = getattr(args, "out", None) or getattr(args, "output", None)
+        if e.filename is None and e.errno in _WRITE_ERRNOS and out is not None:
+            # A write on an open file names no path (e.g. ENOSPC from write()): the output is the one written.
+            line = f"{out}: {line}"
+        print(f"drift-lite: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("drift-lite: interrupted", file=sys.stderr)

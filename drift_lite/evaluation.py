@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -23,6 +25,46 @@ from drift_lite.sampling import Sampling
 def set_name(eval_set) -> str:
     """The `<set>` in eval-<set>.json."""
     return eval_set.name or eval_set.task
+
+
+def check_set_names(sets, out_dir: str | Path) -> list[str]:
+    """The sets' names, refused (one line) when one is repeated or would write outside `out_dir`.
+
+    The recipe check refuses such names too; this is the last guard before writing: the resolved output
+    path of every set (normalized, without following a symlinked file) must sit directly in `out_dir`.
+    """
+    root = Path(out_dir).resolve()
+    names: list[str] = []
+    for eval_set in sets:
+        name = set_name(eval_set)
+        target = Path(os.path.normpath(root / f"eval-{name}.jsonl"))  # lexical: a symlinked file may stay
+        if target.parent != root or os.sep in name or (os.altsep and os.altsep in name) or "\0" in name:
+            raise UserError(f"eval set name {name!r}: would write outside {out_dir}; use [A-Za-z0-9_.-] only")
+        if name in names:
+            raise UserError(f"eval set name {name!r} appears twice: each set needs its own name")
+        names.append(name)
+    return names
+
+
+def _load(recipe, adapter: str | None):
+    """Tokenizer and model (+ adapter, checked against the recipe's base model first)."""
+    from drift_lite import models
+
+    path = models.resolve_model_path(recipe.model, recipe.toy)
+    if adapter is not None:
+        models.check_adapter_base(adapter, path)
+    tokenizer = models.load_tokenizer(path, recipe.model)
+    try:
+        model = models.load_model(path, recipe.model, adapter=adapter)
+    except RuntimeError as exc:
+        # PEFT's load_state_dict lists every mismatched tensor (30 lines): the adapter was made for a model of
+        # other shapes, and its config names no base (or the same one) that the check above could compare.
+        if adapter is not None and "size mismatch" in str(exc):
+            raise UserError(
+                f"{adapter}: adapter does not fit model {recipe.model.name} (tensor shapes differ)"
+            ) from None
+        raise
+    return model, tokenizer
 
 
 def evaluate(
@@ -40,19 +82,32 @@ def evaluate(
     rollouts is still evaluated over 5. Returns, per set, {"metrics": (what eval-<set>.json holds),
     "generated_tokens", "seconds", "engine" (what ran, as `play_episodes` reports it)}.
     """
-    from drift_lite import models
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a folder")
+    check_set_names(recipe.eval.sets, out_dir)
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise UserError(f"adapter not found: {adapter} (no adapter_config.json)")
+    if model is None:
+        model, tokenizer = _load(recipe, adapter)
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return _evaluate_sets(recipe, out_dir, model, tokenizer, show_progress)
+    except BaseException:
+        if created:  # leave no empty output folder behind a failure (a written set file keeps it)
+            with suppress(OSError):
+                out_dir.rmdir()
+        raise
+
+
+def _evaluate_sets(recipe, out_dir: Path, model, tokenizer, show_progress: bool) -> dict:
+    """Play and score every eval set into `out_dir` (which exists)."""
+    from drift_lite.files import atomic_writer
     from drift_lite.metrics import compute_metrics
     from drift_lite.records import write_rows_atomic
     from drift_lite.tasks import checker_for, feedback_for, load_problems
 
-    out_dir = Path(out_dir)
-    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        raise UserError(f"adapter not found: {adapter} (no adapter_config.json)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if model is None:
-        path = models.resolve_model_path(recipe.model, recipe.toy)
-        tokenizer = models.load_tokenizer(path, recipe.model)
-        model = models.load_model(path, recipe.model, adapter=adapter)
     cfg = recipe.eval
     sampling = Sampling(
         greedy=cfg.greedy,
@@ -103,9 +158,8 @@ def evaluate(
         bar.close()
         write_rows_atomic(out_dir / f"eval-{name}.jsonl", rows)
         metrics = compute_metrics(rows, max_turns)
-        tmp = out_dir / f".eval-{name}.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=1))
-        tmp.replace(out_dir / f"eval-{name}.json")
+        with atomic_writer(out_dir / f"eval-{name}.json") as handle:
+            handle.write(json.dumps(metrics, indent=1).encode("utf-8"))
         seconds = round(time.perf_counter() - start, 3)
         results[name] = {
             "metrics": metrics,

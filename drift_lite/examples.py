@@ -12,6 +12,12 @@ Choices, documented here once:
   whole (counted and reported). Dropping long rows instead would silently change the data mix: long rows are
   the multi-turn failures, so dropping them shifts the per-group self-normalized weights and turns uniform SFT
   towards RFT. A row whose last turn alone does not fit is dropped (counted).
+- **Far too long.** Tokenizing is the costly part (one 50 MB row took 83 s and 10 GB), so text is measured in
+  characters first, against `TEXT_CHARS_PER_TOKEN` x `max_length`: no tokenizer the kit targets averages
+  that many characters per token over a message. A last assistant turn longer than that cannot fit: the row is
+  dropped before tokenizing (counted in `dropped_too_long` and in `dropped_long_text`). A history longer than
+  that keeps only its last messages within the bound (the message at the edge cut from the left, unless it is
+  an assistant turn), which the left cut above would have removed anyway.
 - **Zero weights.** Rows with weight exactly 0 are skipped before batching: they contribute no gradient, only
   compute. DRIFT's exp-weights are never exactly 0; exact zeros come from `correct_only` (RFT), whose batch
   mean then runs over the rows that train, as RFT means.
@@ -80,6 +86,37 @@ class Example:
     row: int
 
 
+TEXT_CHARS_PER_TOKEN = 16  # characters per token no tokenizer reaches on average (English BPE: ~4)
+
+
+def text_bound(max_length: int) -> int:
+    """Characters beyond which a message cannot fit in `max_length` tokens (checked before tokenizing)."""
+    return TEXT_CHARS_PER_TOKEN * max_length
+
+
+def clip_history(messages: list[dict], bound: int) -> list[dict]:
+    """`messages` with the history before the last one cut to its last `bound` characters of content.
+
+    Whole messages are dropped from the start; the message at the edge keeps its tail, except an assistant
+    turn (its `<think>` prefill decides how it is masked), which is dropped whole. Unchanged when it fits.
+    """
+    used = len(messages[-1]["content"])
+    if used + sum(len(m["content"]) for m in messages[:-1]) <= bound:
+        return messages
+    kept: list[dict] = []
+    for message in reversed(messages[:-1]):
+        size = len(message["content"])
+        if used + size <= bound:
+            kept.append(message)
+            used += size
+            continue
+        room = bound - used
+        if room > 0 and message["role"] != "assistant":
+            kept.append({**message, "content": message["content"][-room:]})
+        break
+    return [*reversed(kept), messages[-1]]
+
+
 def _ids(tokenizer, text: str) -> list[int]:
     # The chat template already writes any BOS it wants; letting the tokenizer add one would double it.
     return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -134,12 +171,18 @@ def build_examples(
 ) -> tuple[list[Example], dict]:
     """Tokenize rows into masked examples (zero-weight rows skipped, long prompts cut from the left)."""
     examples: list[Example] = []
-    stats = {"truncated": 0, "dropped_too_long": 0, "dropped_empty": 0}
+    stats = {"truncated": 0, "dropped_too_long": 0, "dropped_empty": 0, "dropped_long_text": 0}
+    bound = text_bound(train.max_length)
     for i, row in enumerate(rows, 1):
         weight = float(row["weight"])
         if weight == 0:
             continue
-        ids, spans = example_spans(tokenizer, row["messages"], train.target, model_name, i)
+        if len(row["messages"][-1]["content"]) > bound:  # cannot fit: skip it before tokenizing it
+            stats["dropped_too_long"] += 1
+            stats["dropped_long_text"] += 1
+            continue
+        messages = clip_history(row["messages"], bound)
+        ids, spans = example_spans(tokenizer, messages, train.target, model_name, i)
         if not spans:
             stats["dropped_empty"] += 1
             continue

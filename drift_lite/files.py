@@ -150,3 +150,54 @@ def remove_stale_temps(folder: PathLike) -> int:
                     os.unlink(entry.path)
                     removed += 1
     return removed
+
+
+def _nearest_existing(path: str) -> str:
+    """`path` itself if it exists, else its nearest ancestor that does (a component may be a plain file)."""
+    probe = os.path.normpath(path)  # in the user's own spelling (relative stays relative), for messages
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe) or "."
+        if parent == probe:
+            break
+        probe = parent
+    return probe
+
+
+def check_writable_dir(path: PathLike, shown: PathLike | None = None) -> None:
+    """Raise UserError (naming `shown`, default `path`, and the reason) unless `path` is, or could be made, a
+    writable folder.
+
+    Nothing is left behind: a missing folder is not created; the nearest existing folder on its way gets a
+    one-byte probe file (created, written, fsynced and removed), which is what catches a read-only file
+    system, a folder without write permission and a full disk, for root as well as anyone else.
+    """
+    folder = os.fspath(path)
+    name = os.fspath(shown) if shown is not None else folder
+    existing = _nearest_existing(folder)
+    if not os.path.isdir(existing):
+        if existing == os.path.normpath(folder) and shown is None:
+            raise UserError(f"{name}: exists and is not a folder")
+        raise UserError(f"{name}: '{existing}' is not a folder")
+    # The probe is named like the atomic writer's temps, so a killed check is cleaned by remove_stale_temps.
+    probe = os.path.join(existing, f".drift-lite-probe.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise UserError(f"{name}: cannot write in '{existing}' ({exc.strerror or exc})") from None
+    try:
+        os.write(fd, b"\n")
+        os.fsync(fd)
+    except OSError as exc:
+        raise UserError(f"{name}: cannot write in '{existing}' ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+        with suppress(OSError):
+            os.unlink(probe)
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError: the path(s) it names and the reason (`strerror`), without a traceback."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    line = f"{' -> '.join(paths)}: {reason}" if paths else reason
+    return " ".join(line.split())

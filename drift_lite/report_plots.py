@@ -177,6 +177,13 @@ def _plot_loss(plt, runs, path: Path) -> None:
 def write_plots(runs, sets, samples, plot_dir: Path) -> list[tuple[str, str]]:
     """Draw every plot the data allows; return (caption, file name) pairs."""
     plt = _pyplot()
+    # Run and set names are literal text: a `$` in one must not start matplotlib's math mode (`a$b$` would be
+    # set as math, and an unbalanced TeX command inside raises when the figure is drawn).
+    with plt.rc_context({"text.parse_math": False}):
+        return _write_plots(plt, runs, sets, samples, plot_dir)
+
+
+def _write_plots(plt, runs, sets, samples, plot_dir: Path) -> list[tuple[str, str]]:
     made: list[tuple[str, str]] = []
     for eval_set in sets:
         name = f"multi_at_k_{_safe(eval_set)}.png"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 from drift_lite.report_runs import RunSummary, is_number
 
@@ -13,6 +14,30 @@ METRIC_COLUMNS = (
     ("format_error_rate", "format errors"),
     ("mean_turns", "mean turns"),
 )
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#&~$!])")
+
+
+def md_text(text: str) -> str:
+    """`text` (a run or set name) as literal inline Markdown: specials backslash-escaped, one line.
+
+    Pipes are left to `table`, which escapes every cell's pipes (a second escape would break the cell).
+    """
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def _md_or_none(value: object) -> object:
+    return md_text(value) if isinstance(value, str) else value
+
+
+def labels(run: RunSummary) -> str:
+    """The run's evaluated labels (folder names eval-<label>), escaped, comma-separated."""
+    return ", ".join(md_text(label) for label in run.labels())
+
+
+def _escaped(runs: list[tuple[str, RunSummary]]) -> list[tuple[str, RunSummary]]:
+    return [(md_text(name), run) for name, run in runs]
 
 
 def fmt(value: object) -> str:
@@ -75,6 +100,7 @@ def eval_rows(runs: list[tuple[str, RunSummary]], eval_set: str) -> list[tuple[s
 def metrics_section(runs: list[tuple[str, RunSummary]], sets: list[str]) -> list[str]:
     """Multi-turn metrics and per-turn accuracy tables, one per eval set."""
     lines = ["## Multi-turn metrics", ""]
+    runs = _escaped(runs)
     if not sets:
         return lines + ["No evaluation results (no `eval-*/eval-*.json`).", ""]
     for eval_set in sets:
@@ -85,7 +111,7 @@ def metrics_section(runs: list[tuple[str, RunSummary]], sets: list[str]) -> list
             [who, m.get("n"), *(m.get(k) for k in keys), *(m.get(k) for k, _ in METRIC_COLUMNS)]
             for who, m in rows
         ]
-        lines += [f"### {eval_set}", "", *table(header, body), ""]
+        lines += [f"### {md_text(eval_set)}", "", *table(header, body), ""]
     lines += ["## Per-turn accuracy", "", "Solved at turn t / still active at turn t.", ""]
     for eval_set in sets:
         rows = eval_rows(runs, eval_set)
@@ -95,7 +121,7 @@ def metrics_section(runs: list[tuple[str, RunSummary]], sets: list[str]) -> list
             per_turn = list(m.get("per_turn") or [])
             body.append([who, *per_turn, *([None] * (width - len(per_turn)))])
         lines += [
-            f"### {eval_set}",
+            f"### {md_text(eval_set)}",
             "",
             *table(["run / label", *(f"t{t}" for t in range(1, width + 1))], body),
         ]
@@ -108,6 +134,7 @@ def weights_section(
 ) -> list[str]:
     """Weight diagnostics and the spread of the weights in `weighted.jsonl`."""
     lines = ["## Weights", ""]
+    runs = _escaped(runs)
     with_diag = [(name, run.diagnostics) for name, run in runs if run.diagnostics is not None]
     if with_diag:
         flat = [(name, _flatten(d)) for name, d in with_diag]
@@ -124,9 +151,8 @@ def weights_section(
             ordered = sorted(values)
             median = ordered[len(ordered) // 2] if ordered else None
             near_zero = sum(v < 0.01 for v in values) / len(values) if values else None
-            body.append(
-                [name, count, min(values, default=None), median, max(values, default=None), near_zero]
-            )
+            low, high = min(values, default=None), max(values, default=None)
+            body.append([md_text(name), count, low, median, high, near_zero])
         header = ["run", "rows", "min", "median", "max", "share < 0.01"]
         lines += ["Weights in `weighted.jsonl`:", "", *table(header, body), ""]
     return lines
@@ -135,6 +161,7 @@ def weights_section(
 def loss_section(runs: list[tuple[str, RunSummary]]) -> list[str]:
     """First, last and lowest training loss of each run."""
     lines = ["## Training loss", ""]
+    runs = _escaped(runs)
     body = []
     for name, run in runs:
         if not run.losses:
@@ -158,6 +185,7 @@ def _step(value: float) -> object:
 def timings_section(runs: list[tuple[str, RunSummary]]) -> list[str]:
     """Wall time and token counts of each stage of each run."""
     lines = ["## Wall time and tokens", ""]
+    runs = _escaped(runs)
     body = []
     for name, run in runs:
         if not run.timings:
@@ -187,8 +215,10 @@ def timings_section(runs: list[tuple[str, RunSummary]]) -> list[str]:
 
 def runs_section(runs: list[tuple[str, RunSummary]]) -> list[str]:
     """Which runs the report covers: folder, model, task, seed, evaluated labels."""
+    runs = _escaped(runs)
     body = [
-        [name, str(run.path), run.model, run.task, run.seed, ", ".join(run.labels())] for name, run in runs
+        [name, md_text(str(run.path)), _md_or_none(run.model), _md_or_none(run.task), run.seed, labels(run)]
+        for name, run in runs
     ]
     return ["## Runs", "", *table(["run", "directory", "model", "task", "seed", "evaluated"], body), ""]
 
@@ -196,6 +226,7 @@ def runs_section(runs: list[tuple[str, RunSummary]]) -> list[str]:
 def missing_section(runs: list[tuple[str, RunSummary]]) -> list[str]:
     """The expected files each run lacks."""
     lines = ["## Missing", ""]
+    runs = _escaped(runs)
     gaps = [(name, run.missing) for name, run in runs if run.missing]
     if not gaps:
         return lines + ["Every run has all expected files.", ""]

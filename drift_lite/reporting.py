@@ -17,6 +17,7 @@ from drift_lite.report_runs import LABEL_ORDER, RunSummary, is_number, load_run,
 from drift_lite.report_tables import (
     fmt,
     loss_section,
+    md_text,
     metrics_section,
     missing_section,
     multi_keys,
@@ -58,7 +59,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, plots: bool = True) -> Pat
         made = write_plots(runs, sets, samples, out_dir / "plots")
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
-    title = "drift-lite report: " + ", ".join(name for name, _ in runs)
+    title = "drift-lite report: " + ", ".join(md_text(name) for name, _ in runs)
     lines = [f"# {title}", ""]
     lines += runs_section(runs)
     lines += metrics_section(runs, sets)
@@ -66,7 +67,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, plots: bool = True) -> Pat
     lines += loss_section(runs)
     lines += timings_section(runs)
     lines += ["## Plots", ""]
-    lines += [f"![{caption}](plots/{name})\n" for caption, name in made] or ["No plots.", ""]
+    lines += [f"![{md_text(caption)}](plots/{name})\n" for caption, name in made] or ["No plots.", ""]
     lines += missing_section(runs)
     report = out_dir / "report.md"
     with atomic_writer(report) as handle:

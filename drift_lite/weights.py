@@ -24,8 +24,8 @@ only: the rollout does not depend on them, so changing one reruns weight → tra
 pass 2 re-reads the input and copies each kept line verbatim with `, "return": R, "weight": w` spliced before
 its closing brace (floats as repr, so they round-trip exactly). A row that already has `return` / `weight`
 keys (a re-weighted file) is re-serialized without them instead, so the new values are appended once.
-Diagnostics go to `<OUT>.diagnostics.json` (e.g. `weighted.jsonl.diagnostics.json`). Blank input lines are
-not copied.
+Diagnostics go to `<OUT>.diagnostics.json` (e.g. `weighted.jsonl.diagnostics.json`), written just before OUT's
+temp file is renamed into place: both change, or neither. Blank input lines are not copied.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import os
 import stat
 import sys
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import asdict, dataclass, fields, replace
 
 from tqdm import tqdm
@@ -383,8 +384,13 @@ def _write_pass(
     reserialize: set[int],
     signature: tuple,
     show_progress: bool,
+    before_rename: Callable[[], None] = lambda: None,
 ) -> None:
-    """Pass 2: copy each kept line with return and weight spliced in, through a temp file and a rename."""
+    """Pass 2: copy each kept line with return and weight spliced in, through a temp file and a rename.
+
+    `before_rename` runs once the temp file is complete, before it replaces `out_path`: if it raises, the
+    output is left untouched (it writes the diagnostics, so that OUT and its diagnostics change together).
+    """
     name = os.fspath(in_path)
     changed = f"{name}: changed while it was being weighted; run again"
     returns, weights, keep = collector.returns, plan.weights, plan.keep
@@ -416,6 +422,7 @@ def _write_pass(
             bar.update(done)
         if index != len(keep):
             raise UserError(changed)
+        before_rename()
 
 
 def weight_file(
@@ -440,9 +447,27 @@ def weight_file(
         raise UserError(
             f"{name}: every group was dropped (drop_equal_groups / drop_failed_groups left no rows)"
         )
-    _write_pass(in_path, out_path, collector, plan, reserialize, signature, show_progress)
     diagnostics = {"input": os.fspath(in_path), "output": os.fspath(out_path), **plan.diagnostics}
-    write_json_atomic(diagnostics_path(out_path), diagnostics)
+    diag_path = diagnostics_path(out_path)
+    check_output_path(diag_path)
+    # The diagnostics are written while OUT is still a complete temp file: a failure there leaves OUT as it
+    # was (the message "nothing written" is then true), and a failure to rename OUT removes them again.
+    wrote_diagnostics = False
+
+    def write_diagnostics() -> None:
+        nonlocal wrote_diagnostics
+        write_json_atomic(diag_path, diagnostics)
+        wrote_diagnostics = True
+
+    try:
+        _write_pass(
+            in_path, out_path, collector, plan, reserialize, signature, show_progress, write_diagnostics
+        )
+    except BaseException:
+        if wrote_diagnostics:
+            with suppress(OSError):
+                os.unlink(diag_path)
+        raise
     return diagnostics
 
 

@@ -1,5 +1,6 @@
 """The `drift-lite` command on bad input: exit code 2, one line on stderr, no traceback, nothing written."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,153 @@ def test_top_level_help_lists_every_subcommand(capsys):
     out = capsys.readouterr().out
     for command in cli.EXAMPLES:
         assert f"    {command}" in out
+
+
+# Write failures on --out: one line naming the path and the reason, exit 2, nothing written, before any
+# model loads. The tests run as root, which ignores chmod: a read-only folder is simulated by an os.open that
+# refuses to create files in it (EROFS, what a read-only mount answers), an unwritable folder by a path under
+# a plain file, and a full disk by an os.fsync that answers ENOSPC.
+
+# (command line with OUT as the output path); RECIPE commands load the recipe first, which must pass
+COMMANDS = {
+    "rollout": ["rollout", "recipe.yaml", "--out", "OUT/r.jsonl"],
+    "weight": ["weight", "empty.jsonl", "OUT/w.jsonl"],
+    "train": ["train", "recipe.yaml", "--data", "empty.jsonl", "--out", "OUT/adapter"],
+    "eval": ["eval", "recipe.yaml", "--out", "OUT/eval"],
+    "report": ["report", ".", "--out", "OUT/report"],
+    "run": ["run", "recipe.yaml", "--out", "OUT/run"],
+    "compare": ["compare", "spec.yaml", "--out", "OUT/compare"],
+}
+
+
+def _argv(command: str, out: str) -> list[str]:
+    return [word.replace("OUT", out) for word in COMMANDS[command]]
+
+
+def _one_line_exit_2(argv: list[str], capsys, root: Path) -> str:
+    """Run the CLI; assert exit 2, one stderr line, no traceback, nothing new under root; return the line."""
+    before = _files(root)
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert code == 2, captured
+    assert len(lines) == 1 and lines[0].startswith("drift-lite: error: "), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert _files(root) == before
+    return lines[0]
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if any model or tokenizer starts loading (the checks must come first)."""
+    from drift_lite import models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model started loading before the output path was checked")
+
+    for name in ("resolve_model_path", "load_model", "load_tokenizer"):
+        monkeypatch.setattr(models, name, refuse)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_out_under_a_plain_file_is_one_line(folder, capsys, no_model_load, command):
+    (folder / "file").write_text("x")
+    line = _one_line_exit_2(_argv(command, "file"), capsys, folder)
+    assert line.endswith(": 'file' is not a folder") and "file/" in line
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_out_naming_the_wrong_kind_of_path_is_one_line(folder, capsys, no_model_load, command):
+    (folder / "d").mkdir()
+    (folder / "d" / "taken").write_text("x")
+    (folder / "d" / "r.jsonl").mkdir()
+    (folder / "d" / "w.jsonl").mkdir()
+    argv = _argv(command, "d")
+    if command not in ("rollout", "weight"):  # a folder expected: name an existing file instead
+        argv[argv.index(next(w for w in argv if w.startswith("d/")))] = "d/taken"
+    line = _one_line_exit_2(argv, capsys, folder)
+    expected = "is a directory" if command in ("rollout", "weight") else "d/taken: exists and is not a folder"
+    assert expected in line
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_out_in_a_read_only_folder_is_one_line(folder, capsys, monkeypatch, no_model_load, command):
+    import errno
+    import os
+
+    readonly = folder / "ro"
+    readonly.mkdir()
+    real_open = os.open
+
+    def read_only_open(path, flags, *args, **kwargs):
+        if str(os.path.abspath(path)).startswith(str(readonly)) and flags & (os.O_CREAT | os.O_WRONLY):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_open)
+    line = _one_line_exit_2(_argv(command, "ro"), capsys, folder)
+    assert "Read-only file system" in line and "ro" in line
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_out_on_a_full_disk_is_one_line(folder, capsys, monkeypatch, no_model_load, command):
+    import errno
+    import os
+
+    (folder / "full").mkdir()
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    line = _one_line_exit_2(_argv(command, "full"), capsys, folder)
+    assert "No space left on device" in line and "full" in line
+    assert [p.name for p in (folder / "full").iterdir()] == []  # the probe file is gone
+
+
+def test_an_os_error_after_the_checks_is_one_line_naming_the_path(folder, capsys, monkeypatch):
+    import errno
+    import os
+
+    from drift_lite import reporting
+
+    def broken_disk(*args, **kwargs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), "out/plots/loss.png")
+
+    monkeypatch.setattr(reporting, "write_plots", broken_disk)
+    code = cli.main(["report", ".", "--out", "out"])
+    captured = capsys.readouterr()
+    assert code == 2 and "Traceback" not in captured.err
+    assert captured.err == "drift-lite: error: out/plots/loss.png: Input/output error\n"
+
+
+def test_eval_set_name_escaping_out_is_one_line_and_writes_nothing(folder, capsys, no_model_load):
+    sets = 'eval.sets=[{"task": "toy", "size": 2, "name": "reference/../../../../ESCAPE"}]'
+    (folder / "a" / "b").mkdir(parents=True)
+    line = _one_line_exit_2(["eval", "recipe.yaml", sets, "--out", "a/b/out"], capsys, folder)
+    assert "ESCAPE" in line
+    assert not list(folder.parent.glob("ESCAPE*")) and not list(folder.glob("ESCAPE*"))
+
+
+def test_eval_with_an_adapter_of_another_base_is_one_line_before_any_output(folder, capsys):
+    adapter = folder / "adapter"
+    adapter.mkdir()
+    config = {"peft_type": "LORA", "base_model_name_or_path": str(folder / "another-model"), "r": 4}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    line = _one_line_exit_2(["eval", "recipe.yaml", "--adapter", "adapter", "--out", "out"], capsys, folder)
+    assert "holds an adapter for base model" in line and "another-model" in line
+
+
+def test_a_write_error_without_a_path_names_the_output(folder, capsys, monkeypatch):
+    import errno
+    import os
+
+    import drift_lite
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what write() on an open file raises
+
+    monkeypatch.setattr(drift_lite, "rollout", full_disk)
+    code = cli.main(["rollout", "recipe.yaml", "--out", "r.jsonl"])
+    assert code == 2
+    assert capsys.readouterr().err == "drift-lite: error: r.jsonl: No space left on device\n"

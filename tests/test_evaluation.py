@@ -141,3 +141,79 @@ def test_eval_max_turns_null_follows_env_max_turns(tmp_path):
     rows, metrics, _ = _evaluate(tmp_path / "b", ["env.max_turns=2"])
     assert all(set(row["turn_rewards"]) == {"t1", "t2"} for row in rows)
     assert "multi@2" in metrics and "multi@3" not in metrics
+
+
+# Guards before any output: names that escape --out, adapters of another base
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        ([{"task": "toy", "size": 2, "name": "reference/../../../../ESCAPE"}], "would write outside"),
+        ([{"task": "toy", "size": 2, "name": "../ESCAPE"}], "would write outside"),
+        ([{"task": "toy", "size": 2, "name": "a"}, {"task": "toy", "size": 2, "name": "a"}], "appears twice"),
+    ],
+)
+def test_a_set_name_escaping_out_or_repeated_is_refused_before_any_output(base_dir, tmp_path, sets, message):
+    recipe = recipe_for(base_dir)
+    recipe.eval.sets = [type(recipe.eval.sets[0])(**s) for s in sets]  # past the recipe's own name check
+    work = tmp_path / "a" / "b" / "c"
+    work.mkdir(parents=True)
+    with pytest.raises(UserError, match=message) as info:
+        evaluate(recipe, work / "out", show_progress=False)
+    assert "\n" not in str(info.value)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [] and not (work / "out").exists()
+
+
+def _adapter_with_base(adapter_dir: Path, folder: Path, base: str | None) -> Path:
+    """A copy of `adapter_dir` whose adapter_config.json names `base` (None: no base recorded)."""
+    import shutil
+
+    shutil.copytree(adapter_dir, folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = base
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_an_adapter_of_another_base_with_the_same_shapes_is_refused(base_dir, adapter_dir, tmp_path):
+    other = tmp_path / "other-model"  # the same shapes: a copy of the base under another name
+    import shutil
+
+    shutil.copytree(base_dir, other)
+    adapter = _adapter_with_base(adapter_dir, tmp_path / "adapter", str(other))
+    with pytest.raises(UserError, match=r"holds an adapter for base model .*other-model, not ") as info:
+        evaluate(recipe_for(base_dir), tmp_path / "out", adapter=str(adapter), show_progress=False)
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+def test_an_adapter_of_another_shape_without_a_recorded_base_is_one_line(adapter_dir, tmp_path):
+    wider = tmp_path / "wider"
+    model, tokenizer = make_tiny_lm(seed=3, hidden=64)
+    model.save_pretrained(wider)
+    tokenizer.save_pretrained(wider)
+    adapter = _adapter_with_base(adapter_dir, tmp_path / "adapter", None)
+    with pytest.raises(UserError, match="adapter does not fit model .*tensor shapes differ") as info:
+        evaluate(recipe_for(wider), tmp_path / "out", adapter=str(adapter), show_progress=False)
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+def test_the_adapter_of_this_base_still_loads(base_dir, adapter_dir, tmp_path):
+    adapter = _adapter_with_base(adapter_dir, tmp_path / "adapter", str(base_dir))
+    evaluate(recipe_for(base_dir), tmp_path / "out", adapter=str(adapter), show_progress=False)
+    assert (tmp_path / "out" / "eval-toy6.json").is_file()
+
+
+def test_a_failed_write_leaves_no_output_folder(base_dir, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from drift_lite import records
+
+    def full(path, rows):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(records, "write_rows_atomic", full)
+    with pytest.raises(OSError, match="No space left"):
+        evaluate(recipe_for(base_dir), tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()

@@ -9,7 +9,7 @@ import pytest
 
 from drift_lite.chat import SYSTEM_PROMPT, render_prompt
 from drift_lite.errors import UserError
-from drift_lite.examples import build_examples, read_weighted_rows, step_order
+from drift_lite.examples import build_examples, clip_history, read_weighted_rows, step_order, text_bound
 from drift_lite.loss import IGNORE
 from drift_lite.recipe import TrainConfig
 from drift_lite.toy_tokenizer import build_toy_tokenizer
@@ -172,3 +172,62 @@ def test_bad_weights_are_one_line_errors(tmp_path):
     text = json.dumps(make_rows(1)[0]).replace('"weight": 0.25', '"weight": NaN')
     (tmp_path / "d.jsonl").write_text(text + "\n")
     _one_line_error(lambda: read_weighted_rows(tmp_path / "d.jsonl"))
+
+
+# Far too long rows: measured in characters before tokenizing
+
+
+class TokenizerSpy:
+    """The toy tokenizer, remembering the longest text it was asked to tokenize."""
+
+    def __init__(self) -> None:
+        self.tokenizer = build_toy_tokenizer()
+        self.longest = 0
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, text, **kwargs):
+        self.longest = max(self.longest, len(text))
+        return self.tokenizer(text, **kwargs)
+
+
+def test_a_last_turn_beyond_the_text_bound_is_dropped_before_tokenizing():
+    spy = TokenizerSpy()
+    train = TrainConfig(max_length=64)
+    huge = conversation(1, 2, 1)
+    huge[-1] = {"role": "assistant", "content": "<think>" + "9" * (text_bound(64) + 1)}
+    rows = [{"messages": conversation(1, 2, 1), "weight": 1.0}, {"messages": huge, "weight": 1.0}]
+    examples, stats = build_examples(rows, spy, train, "toy")
+    assert [e.row for e in examples] == [1]
+    assert stats["dropped_too_long"] == 1 and stats["dropped_long_text"] == 1
+    assert spy.longest < 1000  # only the short row was tokenized
+
+
+def test_a_history_beyond_the_text_bound_is_clipped_to_the_same_example(monkeypatch):
+    from drift_lite import examples as examples_module
+
+    messages = conversation(12, 34, 3)
+    messages[1] = {"role": "user", "content": "x" * 50_000 + messages[1]["content"]}
+    row = {"messages": messages, "weight": 1.0}
+    train = TrainConfig(max_length=64)
+    spy = TokenizerSpy()
+    (clipped,), stats = build_examples([row], spy, train, "toy")
+    assert spy.longest < text_bound(64) + 500  # the 50,000 characters were never tokenized
+    assert stats["truncated"] == 1 and stats["dropped_long_text"] == 0
+    monkeypatch.setattr(examples_module, "clip_history", lambda messages, bound: messages)
+    (whole,), _ = build_examples([row], build_toy_tokenizer(), train, "toy")
+    assert (clipped.input_ids, clipped.labels) == (whole.input_ids, whole.labels)
+
+
+def test_clip_history_keeps_the_tail_and_never_cuts_an_assistant_turn():
+    messages = [
+        {"role": "user", "content": "a" * 10},
+        {"role": "assistant", "content": "<think>" + "b" * 10},
+        {"role": "user", "content": "c" * 10},
+        {"role": "assistant", "content": "d" * 5},
+    ]
+    assert clip_history(messages, 100) is messages
+    assert clip_history(messages, 20) == [{"role": "user", "content": "c" * 10}, messages[-1]]
+    assert clip_history(messages, 12) == [{"role": "user", "content": "c" * 7}, messages[-1]]
+    assert clip_history(messages, 16)[0]["content"] == "c" * 10  # the assistant turn at the edge: dropped

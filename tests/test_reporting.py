@@ -198,3 +198,31 @@ def test_weight_sampling_is_bounded(tmp_path):
     assert count == 100 and len(sample) == 10
     assert set(sample) <= {i / 10 for i in range(100)}
     assert sample_weights(path, cap=10) == (sample, count)  # fixed seed: same sample each time
+
+
+NASTY_NAME = "a|b *x* _y_ `c` [l](u) <b>x</b> &amp; ~s~ $\\frac$ !#"
+
+
+def test_a_run_name_with_markdown_specials_renders_literally(tmp_path):
+    import html
+    import re
+
+    markdown_it = pytest.importorskip("markdown_it")
+    run = make_run(tmp_path / "runs", name=NASTY_NAME, dirname="nasty")
+    report = write_report([run], tmp_path / "out")  # plots too: a `$` must not start matplotlib's math mode
+    rendered = markdown_it.MarkdownIt("commonmark").enable("table").render(report.read_text())
+    shown = html.escape(NASTY_NAME, quote=False)
+    assert f"<h1>drift-lite report: {shown}</h1>" in rendered
+    assert f"<td>{shown}</td>" in rendered  # runs, weights, loss and timings tables
+    assert f"<td>{shown} / reference</td>" in rendered  # metrics tables
+    assert "<em>" not in rendered and '<a href="u">' not in rendered and "<b>" not in rendered
+    assert "<code>c</code>" not in rendered
+    assert re.search(f"<th[^>]*>{re.escape(shown)}</th>", rendered)  # the diagnostics table's column
+
+
+def test_md_text_escapes_every_special_and_keeps_one_line():
+    from drift_lite.report_tables import md_text
+
+    assert md_text("plain-name.v1") == "plain-name.v1"
+    assert md_text("a*b_c") == "a\\*b\\_c"
+    assert md_text("two\nlines\t x") == "two lines x"

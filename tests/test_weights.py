@@ -539,3 +539,56 @@ def test_bad_settings_create_nothing(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="^key 'weights.beta': must be"):
         weight_file(src, tmp_path / "out.jsonl", beta=0, show_progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+# OUT and its diagnostics change together: a failure on either leaves neither new one, and says so truly
+
+
+def _replace_failing_for(monkeypatch, suffix: str, code: int) -> None:
+    import os
+
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).endswith(suffix):
+            raise OSError(code, os.strerror(code), str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_a_diagnostics_write_failure_leaves_out_untouched(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    src = write_jsonl(tmp_path / "in.jsonl", small_rows())
+    out = tmp_path / "out.jsonl"
+    out.write_text("old\n")
+    _replace_failing_for(monkeypatch, ".diagnostics.json", errno.ENOSPC)
+    with pytest.raises(UserError, match=r"diagnostics.json: No space left on device \(nothing written\)"):
+        weight_file(src, out, show_progress=False)
+    assert out.read_text() == "old\n"  # "nothing written" is true: OUT is the old file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
+
+
+def test_an_out_rename_failure_removes_the_new_diagnostics(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    src = write_jsonl(tmp_path / "in.jsonl", small_rows())
+    out = tmp_path / "out.jsonl"
+    _replace_failing_for(monkeypatch, "out.jsonl", errno.EIO)
+    with pytest.raises(OSError, match="Input/output error"):
+        weight_file(src, out, show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_the_cli_reports_a_diagnostics_failure_as_one_true_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    import errno
+
+    from drift_lite import cli
+
+    src = write_jsonl(tmp_path / "in.jsonl", small_rows())
+    _replace_failing_for(monkeypatch, ".diagnostics.json", errno.ENOSPC)
+    code = cli.main(["weight", str(src), str(tmp_path / "out.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and "(nothing written)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
