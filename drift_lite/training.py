@@ -1,4 +1,4 @@
-"""Weighted SFT training bookkeeping: the Trainer subclass, checkpoints and resume, the output folder.
+"""Weighted SFT: the Trainer subclass, the step order over one or several processes, and `train`.
 
 The data side lives in `examples.py` (rows → masked examples, collator, step order) and the loss in
 `loss.py` (mean_i w_i · token-mean NLL_i, one denominator per optimizer step).
@@ -9,11 +9,9 @@ The data side lives in `examples.py` (rows → masked examples, collator, step o
   the step's denominator and hands it to every micro-batch; each micro-batch returns Σ_micro w_i l_i / denom,
   and `loss_is_scaled_for_ga = True` stops the Trainer from dividing again. So b × GA k is the same update as
   b·k × GA 1 for both normalizations, including a short last step.
-- **Output.** `out_dir` holds the adapter (or full model), tokenizer, `recipe.yaml`, `train_log.jsonl`,
-  `trainer_state.json`, `summary.json`, and `done.json` written last (`is_complete`). Final files are written
-  into a temp folder and renamed in; checkpoints go to `out_dir/checkpoints` and a rerun resumes from the last
-  one marked complete; they are deleted once `done.json` is written. A standalone output folder is held by
-  `files.exclusive_lock` while training: a second process writing into it is refused with one line.
+- **Output** (`training_output.py`): the adapter (or full model) and its records, `done.json` last;
+  checkpoints in `out_dir/checkpoints`, resumed from the last complete one. A standalone output folder is held
+  by `files.exclusive_lock` while training: a second process writing into it is refused with one line.
 - **Several processes** (`accelerate launch` / `torchrun`: DDP, or FSDP / DeepSpeed from the user's accelerate
   config). `train.batch_size` is per process, so a step holds b × GA × processes rows. Each step's rows are
   the same as a one-process run with that global batch: `_EvenStepSampler` yields the one-process row order
@@ -21,9 +19,9 @@ The data side lives in `examples.py` (rows → masked examples, collator, step o
   accelerate deals the micro-batches round-robin, so step s of every process covers rows of step s only. The
   denominator is summed over processes (see `loss.py`). Only the main process touches the output folder
   (lock, cleanup, final files, checkpoint markers); the others wait for it.
-- **Guards.** Training stops with one line when the loss, the gradient norm or a trainable weight becomes
-  non-finite (nothing of that run is kept); weighted rows sampled from another model than the recipe's, or
-  data the tokenizer mostly cannot encode (unknown tokens), stop with one line unless `force=True`.
+- **Guards** (`training_guards.py`). Training stops with one line when the loss, the gradient norm or a
+  trainable weight becomes non-finite (nothing of that run is kept); weighted rows sampled from another model
+  than the recipe's, or data the tokenizer mostly cannot encode, stop with one line unless `force=True`.
 - **Precision.** On CUDA with `model.dtype: bfloat16` the Trainer's `bf16` flag (autocast) runs the compute
   in bf16 while the LoRA weights stay fp32; on a CPU everything stays fp32.
 """
@@ -32,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -52,24 +49,27 @@ from drift_lite.examples import (
     read_weighted_rows,
     weight_diagnostics,
 )
-from drift_lite.files import (
-    atomic_writer,
-    exclusive_lock,
-    read_json,
-    remove_stale_temps,
-    settings_hash,
-    write_json_atomic,
-)
+from drift_lite.files import exclusive_lock, remove_stale_temps, settings_hash, write_json_atomic
 from drift_lite.loss import IGNORE, sequence_nll, step_denominator, weighted_loss
-from drift_lite.recipe import Recipe, TrainConfig, dump_recipe
+from drift_lite.recipe import Recipe, TrainConfig
+from drift_lite.training_guards import (
+    NonFiniteError,
+    check_ref_model,
+    check_unknown_share,
+    finite_guard,
+    sort_adapter_config,
+)
+from drift_lite.training_output import CHECKPOINT_COMPLETE as CHECKPOINT_COMPLETE
+from drift_lite.training_output import CHECKPOINTS as CHECKPOINTS
+from drift_lite.training_output import (
+    FINGERPRINT_FILE,
+    check_out_dir,
+    clear_previous_output,
+    pick_checkpoint,
+    save_final,
+)
+from drift_lite.training_output import is_complete as is_complete
 from drift_lite.versions import package_versions
-
-DONE_FILE = "done.json"
-FINGERPRINT_FILE = "train_fingerprint.json"
-CHECKPOINTS = "checkpoints"
-CHECKPOINT_COMPLETE = "checkpoint_complete"
-_FINAL_TMP = ".final.tmp"
-UNK_SHARE_LIMIT = 0.05  # above this share of unknown tokens the data does not fit the model's tokenizer
 
 # ---------------------------------------------------------------------------------------------------------
 # Trainer
@@ -135,36 +135,6 @@ def _trainer_class():
     return WeightedSFTTrainer
 
 
-class NonFiniteError(UserError):
-    """Training produced a non-finite loss, gradient norm or weight."""
-
-
-def _finite_guard():
-    from transformers import TrainerCallback
-
-    class FiniteGuard(TrainerCallback):
-        """Stops training when the loss, the gradient norm or a trainable weight is not finite."""
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            for name, param in model.named_parameters():
-                if param.requires_grad and not bool(torch.isfinite(param.detach()).all()):
-                    raise NonFiniteError(
-                        f"training stopped at step {state.global_step}: weight {name} is not finite "
-                        "(lower train.lr or check the data); no adapter was written"
-                    )
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            for key in ("loss", "grad_norm"):
-                value = (logs or {}).get(key)
-                if isinstance(value, (int, float)) and not math.isfinite(value):
-                    raise NonFiniteError(
-                        f"training stopped at step {state.global_step}: {key} is {value} "
-                        "(lower train.lr or check the data); no adapter was written"
-                    )
-
-    return FiniteGuard()
-
-
 class _EvenStepSampler(Sampler[int]):
     """The step order of `inner`, then `pad` times `pad_index` (a weight-0 row): whole steps everywhere."""
 
@@ -188,38 +158,8 @@ def _padding_example(pad_token_id: int) -> Example:
     return Example([pad_token_id, pad_token_id], [IGNORE, pad_token_id], 0.0, 0)
 
 
-def last_complete_checkpoint(folder: Path) -> Path | None:
-    """The highest-numbered checkpoint folder with a completion marker, or None."""
-    best, best_step = None, -1
-    if folder.is_dir():
-        for path in folder.glob("checkpoint-*"):
-            step = path.name.rpartition("-")[2]
-            if step.isdigit() and (path / CHECKPOINT_COMPLETE).exists() and int(step) > best_step:
-                best, best_step = path, int(step)
-    return best
-
-
-def _drop_incomplete_checkpoints(folder: Path) -> None:
-    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
-        if not (path / CHECKPOINT_COMPLETE).exists():
-            shutil.rmtree(path, ignore_errors=True)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Run folder
-
-
-def is_complete(out_dir: str | os.PathLike) -> bool:
-    """Whether out_dir holds a finished training output (done.json present, every file it lists intact)."""
-    out = Path(out_dir)
-    done = _read_dict(out / DONE_FILE)
-    try:
-        files = done["files"]
-        return all(
-            (out / name).is_file() and (out / name).stat().st_size == size for name, size in files.items()
-        )
-    except (OSError, KeyError, TypeError, AttributeError):
-        return False
 
 
 def _sha256(path: str | os.PathLike) -> str:
@@ -240,11 +180,6 @@ def _fingerprint(recipe: Recipe, base: str, data_sha: str, processes: int = 1) -
     return settings_hash(picked)
 
 
-def _read_dict(path: Path) -> dict | None:
-    data = read_json(path)
-    return data if isinstance(data, dict) else None
-
-
 def _is_main_process() -> bool:
     # RANK is set by torchrun / accelerate launch before any process group exists; absent: one process.
     return os.environ.get("RANK", "0") == "0"
@@ -258,103 +193,6 @@ def _say(message: str) -> None:
 def _progress(show: bool, message: str) -> None:
     if show:
         _say(message)
-
-
-def _check_out_dir(out: Path, base: str, fingerprint: str, resume: bool) -> dict | None:
-    """Refuse an out_dir from another base model; return the stored summary when it is already done."""
-    from drift_lite.models import check_adapter_base, same_base
-
-    check_adapter_base(out, base)
-    stored = _read_dict(out / FINGERPRINT_FILE) or {}
-    if isinstance(stored.get("base"), str) and not same_base(stored["base"], base):
-        raise UserError(f"{out}: holds a training run for base model {stored['base']}, not {base}")
-    done = _read_dict(out / DONE_FILE)
-    if resume and done is not None and done.get("fingerprint") == fingerprint and is_complete(out):
-        return done.get("summary", {})
-    return None
-
-
-def _pick_checkpoint(out: Path, fingerprint: str, resume: bool) -> Path | None:
-    """The checkpoint to resume from; checkpoints of other settings or data (or resume off) are deleted."""
-    stored = _read_dict(out / FINGERPRINT_FILE) or {}
-    checkpoints = out / CHECKPOINTS
-    if resume and stored.get("fingerprint") == fingerprint:
-        _drop_incomplete_checkpoints(checkpoints)
-        return last_complete_checkpoint(checkpoints)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    return None
-
-
-def _clear_previous_output(out: Path) -> None:
-    """Remove done.json first (the folder is no longer complete), then the files it listed."""
-    done = _read_dict(out / DONE_FILE)
-    (out / DONE_FILE).unlink(missing_ok=True)
-    for name in (done or {}).get("files", {}):
-        if "/" not in name and name != FINGERPRINT_FILE:
-            (out / name).unlink(missing_ok=True)
-
-
-def _save_final(
-    trainer, recipe: Recipe, out: Path, extra: dict, summary: dict, fingerprint: str, main: bool
-) -> None:
-    """Write the final files into a temp folder, move them in, then done.json (every process calls it)."""
-    tmp = out / _FINAL_TMP
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    trainer.accelerator.wait_for_everyone()
-    # save_model gathers FSDP / DeepSpeed shards (a collective: every process joins) and writes from the main
-    # process only: the adapter (or model) and the tokenizer.
-    trainer.save_model(str(tmp))
-    if main:
-        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle of TrainingArguments: not ours to ship
-        dump_recipe(recipe, tmp / "recipe.yaml", extra=extra)
-        trainer.state.save_to_json(str(tmp / "trainer_state.json"))
-        with atomic_writer(tmp / "train_log.jsonl") as handle:
-            for entry in trainer.state.log_history:
-                handle.write((json.dumps(entry, sort_keys=True) + "\n").encode())
-        write_json_atomic(tmp / "summary.json", summary)
-        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-        for name in files:
-            os.replace(tmp / name, out / name)
-        write_json_atomic(out / DONE_FILE, {"fingerprint": fingerprint, "files": files, "summary": summary})
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-
-
-def _sort_adapter_config(model) -> None:
-    """Store set-valued LoRA settings (target_modules) as sorted lists: PEFT writes a set in hash order, which
-    changes per process, so adapter_config.json would differ between identical runs."""
-    import dataclasses
-
-    for config in getattr(model, "peft_config", {}).values():
-        for field in dataclasses.fields(config):
-            value = getattr(config, field.name)
-            if isinstance(value, (set, frozenset)):
-                setattr(config, field.name, sorted(value))
-
-
-def check_ref_model(rows: list[dict], recipe: Recipe, data_path) -> None:
-    """Refuse rows whose `ref_model` is not the recipe's model: DRIFT's weights assume samples from it."""
-    from drift_lite.models import same_base
-
-    for i, row in enumerate(rows, 1):
-        ref = row.get("ref_model")
-        if isinstance(ref, str) and not same_base(ref, recipe.model.name):
-            raise UserError(
-                f"{data_path}: row {i} was sampled from ref_model {ref}, but the recipe trains "
-                f"{recipe.model.name} (DRIFT's weights assume samples from the trained model); "
-                "use --force to train anyway"
-            )
-
-
-def unknown_token_share(examples: list[Example], unk_token_id: int | None) -> float:
-    """The share of the examples' tokens that are the tokenizer's unknown token (0 when it has none)."""
-    total = sum(len(e.input_ids) for e in examples)
-    if unk_token_id is None or total == 0:
-        return 0.0
-    return sum(e.input_ids.count(unk_token_id) for e in examples) / total
 
 
 def use_bf16(model_dtype: str, device: str) -> bool:
@@ -435,7 +273,7 @@ def train(
     base = resolve_model_path(recipe.model, recipe.toy)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     fingerprint = _fingerprint(recipe, base, _sha256(data_path), processes)
-    done_summary = _check_out_dir(out, base, fingerprint, resume)
+    done_summary = check_out_dir(out, base, fingerprint, resume)
     if done_summary is not None:
         _progress(show_progress, f"{out}: already trained with these settings and data; nothing to do")
         return {**done_summary, "skipped": True}
@@ -444,12 +282,8 @@ def train(
     examples, stats = build_examples(rows, tokenizer, cfg, recipe.model.name)
     if not examples:
         raise UserError(f"{data_path}: no example left to train on after filtering ({stats})")
-    unknown = unknown_token_share(examples, tokenizer.unk_token_id)
-    if unknown > UNK_SHARE_LIMIT and not force:
-        raise UserError(
-            f"{data_path}: {unknown:.0%} of the tokens are unknown to the tokenizer of {recipe.model.name} "
-            f"(over {UNK_SHARE_LIMIT:.0%}): the data does not fit this model; use --force to train anyway"
-        )
+    if not force:
+        check_unknown_share(rows, tokenizer, recipe.model.name, data_path)
     if stats["truncated"] or stats["dropped_too_long"]:
         _say(
             f"warning: {stats['truncated']} rows longer than train.max_length={cfg.max_length} had their "
@@ -474,8 +308,8 @@ def train(
                 out.mkdir(parents=True, exist_ok=True)
                 lock.enter_context(exclusive_lock(out, "training output"))
                 remove_stale_temps(out)
-                checkpoint = _pick_checkpoint(out, fingerprint, resume)
-                _clear_previous_output(out)
+                checkpoint = pick_checkpoint(out, fingerprint, resume)
+                clear_previous_output(out)
                 write_json_atomic(out / FINGERPRINT_FILE, {"fingerprint": fingerprint, "base": base})
             except UserError as exc:
                 error = str(exc)
@@ -485,7 +319,7 @@ def train(
             error, checkpoint = broadcast_object_list([error, checkpoint], from_process=0)
         if error is not None:
             raise UserError(error)
-        callbacks = [_finite_guard(), *(callbacks or [])]
+        callbacks = [finite_guard(), *(callbacks or [])]
         try:
             summary, extra, trainer = _fit(
                 recipe, base, examples, tokenizer, args, checkpoint, callbacks, show_progress
@@ -497,7 +331,7 @@ def train(
             raise
         summary = {**diagnostics, **stats, **summary, "base_model": base, "out_dir": str(out)}
         extra = {**extra, "data": str(data_path), "base_model": base, "fingerprint": fingerprint}
-        _save_final(trainer, recipe, out, extra, summary, fingerprint, state.is_main_process)
+        save_final(trainer, recipe, out, extra, summary, fingerprint, state.is_main_process)
     _progress(show_progress, f"saved {cfg.finetune} output to {out} ({summary['steps']} steps)")
     return summary
 
@@ -521,7 +355,7 @@ def _fit(
     set_seed(cfg.seed)  # LoRA's initialization draws from the global RNG
     model = load_model(base, recipe.model, train=cfg)
     model = prepare_for_training(model, cfg, recipe.model)
-    _sort_adapter_config(model)
+    sort_adapter_config(model)
     lengths = [len(e.input_ids) for e in examples]
     step_rows = cfg.batch_size * cfg.grad_accum * args.world_size
     sampler = StepOrderSampler(
