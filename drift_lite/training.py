@@ -386,7 +386,8 @@ def _fit(
         "examples": len(examples),
         "target_tokens": sum(sum(1 for t in e.labels if t != IGNORE) for e in examples),
         "tokens": sum(lengths),
-        "tokens_seen": int(trainer.state.num_input_tokens_seen),  # non-padding, all epochs, across resumes
+        # non-padding tokens, all epochs, across resumes (several processes: plus 2 per weight-0 padding row)
+        "tokens_seen": int(trainer.state.num_input_tokens_seen),
         "tokens_per_second": None if checkpoint else trainer.state.num_input_tokens_seen / max(runtime, 1e-9),
         "steps": trainer.state.global_step,
         "steps_per_epoch": steps_per_epoch,
