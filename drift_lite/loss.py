@@ -8,11 +8,19 @@ GA) makes b × GA k a different update from b·k × GA 1 whenever micro-batches 
 (a short last step, `weight_sum`). So `step_denominator` is computed once per optimizer step from all its
 micro-batches (the Trainer in `train.py` does it in `get_batch_samples`), each micro-batch returns
 Σ_micro w_i l_i / denominator (`weighted_loss`), and the Trainer is told not to divide again.
+
+Several processes (DDP, FSDP, DeepSpeed under `accelerate launch`): the step's rows are spread over the
+processes, so the denominator must be the global one. `step_denominator(..., reduce=)` sums the local row
+count and weight sum over processes before dividing; each process then returns its share times the process
+count, because the backends average gradients over processes. Rows of weight 0 are padding that gives every
+process the same number of full micro-batches (zero-weight data rows never reach the loss): they add
+nothing to Σ w_i l_i and are not counted by `mean`.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,12 +60,28 @@ def sequence_nll(
     return per_row / keep.sum(dim=1).clamp(min=1)
 
 
-def step_denominator(weights: list[torch.Tensor], normalize: str) -> torch.Tensor:
-    """What Σ w_i l_i is divided by over one optimizer step: its row count (`mean`) or weight sum."""
+def step_denominator(
+    weights: list[torch.Tensor],
+    normalize: str,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """What Σ w_i l_i is divided by over one optimizer step: its row count (`mean`) or weight sum.
+
+    `reduce` sums a tensor over processes (None: one process); rows of weight 0 are padding, not counted.
+    """
+    totals = torch.tensor(
+        [
+            float(sum(int((w > 0).sum()) for w in weights)),
+            float(sum(float(w.double().sum()) for w in weights)),
+        ],
+        dtype=torch.float64,
+    )
+    if reduce is not None:
+        totals = reduce(totals)
+    rows, weight_sum = float(totals[0]), float(totals[1])
     if normalize == "mean":
-        return torch.tensor(float(sum(int(w.numel()) for w in weights)))
-    total = float(sum(float(w.sum()) for w in weights))
-    return torch.tensor(total if total > 0 else 1.0)
+        return torch.tensor(rows if rows > 0 else 1.0)
+    return torch.tensor(weight_sum if weight_sum > 0 else 1.0)
 
 
 def weighted_loss(nll: torch.Tensor, weight: torch.Tensor, denominator: torch.Tensor | float) -> torch.Tensor:

@@ -8,7 +8,7 @@ from test_examples import make_rows
 from test_models import make_tiny_model
 
 from drift_lite.examples import WeightedCollator, build_examples
-from drift_lite.loss import IGNORE, batch_loss
+from drift_lite.loss import IGNORE, batch_loss, step_denominator
 from drift_lite.recipe import TrainConfig
 from drift_lite.toy_tokenizer import build_toy_tokenizer
 
@@ -67,3 +67,19 @@ def test_zero_weight_rows_contribute_zero_gradient(tiny):
     assert any(g.abs().sum() > 0 for g in a)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y)
+
+
+def test_step_denominator_is_global_and_skips_padding_rows():
+    local = [torch.tensor([0.5, 1.5]), torch.tensor([2.0, 0.0])]  # the 0.0 is a padding row
+    assert float(step_denominator(local, "mean")) == 3.0
+    assert float(step_denominator(local, "weight_sum")) == pytest.approx(4.0)
+    other = torch.tensor([1.0, 6.0], dtype=torch.float64)  # another process: 1 row of weight 6
+
+    def reduce(totals: torch.Tensor) -> torch.Tensor:  # a sum over this process and the other one
+        return totals + other
+
+    assert float(step_denominator(local, "mean", reduce=reduce)) == 4.0
+    assert float(step_denominator(local, "weight_sum", reduce=reduce)) == pytest.approx(10.0)
+    # a process whose rows are all padding still divides by the global total, never by zero
+    assert float(step_denominator([torch.zeros(2)], "weight_sum", reduce=reduce)) == pytest.approx(6.0)
+    assert float(step_denominator([torch.zeros(2)], "mean")) == 1.0

@@ -223,3 +223,39 @@ def test_out_dir_from_another_base_model_is_refused_untouched(tiny, tmp_path):
     assert (out / "adapter_config.json").read_text() == config
     assert (out / "adapter_model.safetensors").read_bytes() == b"old weights"
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+_HOLDER = """
+import sys, time
+from drift_lite.files import exclusive_lock
+with exclusive_lock(sys.argv[1], "training output"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_process_on_the_same_output_is_refused(tiny, tmp_path):
+    data = write_rows(tmp_path / "w.jsonl", make_rows(4))
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(out)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        message = _one_line_error(lambda: train(recipe_for(tiny), data, out, show_progress=False))
+        assert f"pid {holder.pid}" in message
+        assert sorted(p.name for p in out.iterdir()) == [".drift-lite.lock"]  # nothing of ours written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train(recipe_for(tiny), data, out, show_progress=False)["steps"] == 2  # free again
+
+
+def test_bf16_autocast_only_on_cuda_with_a_bfloat16_recipe():
+    from drift_lite.training import use_bf16
+
+    assert use_bf16("bfloat16", "cuda")
+    assert not use_bf16("bfloat16", "cpu")  # CPU training stays fp32
+    assert not use_bf16("float32", "cuda")
