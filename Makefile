@@ -12,11 +12,16 @@ RUN ?= runs/toy-drift
 
 .PHONY: install demo test test-slow lint format bench clean
 
+# pip's own notices (e.g. a machine's pip config naming an index folder that is absent prints
+# "WARNING: Location ... is ignored") go to $(PIP_LOG), not the terminal; when an install fails, the log's
+# last lines (pip's ERROR lines, without those notices) are printed and make stops.
+PIP_LOG := $(VENV)/pip-install.log
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[dev]"
+	@echo "pip install $(TORCH) and drift-lite[dev] into $(VENV) (pip's output: $(PIP_LOG))"
+	@{ $(BIN)/pip install -q --upgrade pip && $(BIN)/pip install -q $(TORCH) \
+	  && $(BIN)/pip install -q -e ".[dev]"; } >$(PIP_LOG) 2>&1 || { grep -v "^WARNING: Location" $(PIP_LOG) | tail -n 30; exit 1; }
 	touch $@
 
 install: $(VENV)/.installed

@@ -10,7 +10,11 @@ modules named for them: rollouts, weights, training, evaluation, reporting (pipe
 
 from drift_lite.api import check, evaluate, load_recipe, report, rollout, run, train, weight
 from drift_lite.errors import UserError
+from drift_lite.quiet import quiet_known_noise
 from drift_lite.recipe import Recipe, WeightsConfig
+
+# Two known, harmless messages silenced at their source before bitsandbytes or peft load: see quiet.py.
+quiet_known_noise()
 
 __version__ = "0.1.0"
 

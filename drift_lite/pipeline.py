@@ -229,46 +229,76 @@ def _run_locked(
             (folder / f"eval-{n}{ext}").is_file() for n in set_names for ext in (".json", ".jsonl")
         )
 
-    steps = [
-        Step(
-            "rollout",
-            rollout_settings(recipe),
-            [rollouts],
-            do_rollout,
-            complete=lambda: bool(rollout_complete(rollouts, recipe)),
-        ),
-        Step(
-            "weight",
-            {"weights": data["weights"]},
-            [weighted],
-            do_weight,
-            ("rollout",),
-            complete=lambda: Path(diagnostics_path(weighted)).is_file(),
-        ),
-        Step(
-            "train",
-            {"train": data["train"], **model_key},
-            [adapter],
-            do_train,
-            ("weight",),
-            complete=lambda: train_complete(adapter),
-        ),
-        Step(
-            "eval-reference",
-            eval_key,
-            [root / "eval-reference"],
-            do_eval("reference", None),
-            complete=evals_complete("reference"),
-        ),
-        Step(
-            "eval-trained",
-            eval_key,
-            [root / "eval-trained"],
-            do_eval("trained", adapter),
-            ("train",),
-            complete=evals_complete("trained"),
-        ),
-    ]
+    reference_eval = Step(
+        "eval-reference",
+        eval_key,
+        [root / "eval-reference"],
+        do_eval("reference", None),
+        complete=evals_complete("reference"),
+    )
+    if recipe.algorithm == "online_rl":
+        # the baseline: the current policy plays and a group-baseline policy gradient updates it, in one step
+        from drift_lite import online
+
+        def do_online(resume: bool) -> dict:
+            """Online multi-turn RL into adapter/ (resumes from its last complete iteration)."""
+            base.clear()  # free the reference model while training
+            stats = online.train_online(recipe, root, show_progress=show_progress)
+            return {
+                "generated_tokens": stats.get("generated_tokens"),
+                "train_tokens": stats.get("trained_tokens"),
+                "steps": stats.get("steps"),
+                "iterations": stats.get("iterations"),
+                "resumed_from": stats.get("resumed_from"),
+            }
+
+        online_key = {"online": online.online_settings(recipe), **model_key}
+        train_steps = [
+            Step(
+                "online-train",
+                online_key,
+                [adapter, root / "online"],
+                do_online,
+                complete=lambda: online.is_complete(root, recipe),
+            )
+        ]
+        trained_after = "online-train"
+    else:
+        train_steps = [
+            Step(
+                "rollout",
+                rollout_settings(recipe),
+                [rollouts],
+                do_rollout,
+                complete=lambda: bool(rollout_complete(rollouts, recipe)),
+            ),
+            Step(
+                "weight",
+                {"weights": data["weights"]},
+                [weighted],
+                do_weight,
+                ("rollout",),
+                complete=lambda: Path(diagnostics_path(weighted)).is_file(),
+            ),
+            Step(
+                "train",
+                {"train": data["train"], **model_key},
+                [adapter],
+                do_train,
+                ("weight",),
+                complete=lambda: train_complete(adapter),
+            ),
+        ]
+        trained_after = "train"
+    trained_eval = Step(
+        "eval-trained",
+        eval_key,
+        [root / "eval-trained"],
+        do_eval("trained", adapter),
+        (trained_after,),
+        complete=evals_complete("trained"),
+    )
+    steps = [*train_steps, reference_eval, trained_eval]
     execute(run_dir, steps)
     report = write_report([root], root, plots=recipe.report.plots)
     run_dir.log(f"[report] {report}")

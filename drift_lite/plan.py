@@ -56,7 +56,7 @@ FULL_SIZES = {
 # ---------------------------------------------------------------------------------------------------------
 # Data
 
-FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "data" / "fixtures"
 
 
 def _hub_default(task: str) -> str | None:

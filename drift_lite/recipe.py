@@ -26,6 +26,7 @@ import yaml
 
 from drift_lite.errors import UserError
 from drift_lite.files import atomic_writer, settings_hash
+from drift_lite.recipe_files import find_recipe
 
 
 @dataclass
@@ -224,6 +225,7 @@ class Recipe:
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     """Read a recipe YAML (or the defaults when `path` is None) and apply `key.sub=value` overrides."""
+    path = find_recipe(str(path)) if path is not None else None  # a packaged recipe by name, or a path
     where = str(path) if path is not None else "<defaults>"
     data: dict = {}
     if path is not None:

@@ -50,7 +50,7 @@ def _files(root: Path) -> set[Path]:
         ("recipe.yaml", ["rollout.batch_size=0"], "out.jsonl", "'rollout.batch_size': must be >= 1"),
         ("recipe.yaml", ["rollout.top_p=0"], "out.jsonl", "'rollout.top_p': must be in (0, 1]"),
         ("recipe.yaml", ["env.shots=1", "task.name=gsm8k"], "out.jsonl", "env.shots"),
-        ("missing.yaml", [], "out.jsonl", "missing.yaml: cannot read recipe"),
+        ("missing.yaml", [], "out.jsonl", "recipe 'missing.yaml': no such file"),
         ("recipe.yaml", [], "nodir/out.jsonl", "does not exist"),
         ("recipe.yaml", [], ".", "is a directory"),
     ],

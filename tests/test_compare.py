@@ -318,7 +318,7 @@ def test_a_missing_recipe_is_a_user_error_before_anything_runs(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump({"methods": {"a": {"recipe": "nope.yaml"}}}))
     runner = StubRunner()
-    with pytest.raises(UserError, match="nope.yaml: cannot read recipe"):
+    with pytest.raises(UserError, match="recipe 'nope.yaml': no such file"):
         compare(path, tmp_path / "out", show_progress=False, runner=runner)
     assert runner.calls == [] and not (tmp_path / "out").exists()
 
