@@ -29,9 +29,11 @@ Generation (rollouts, evaluation; inference mode, no adapter merge):
   grows the cache to the full context. The peak counts the larger of prefill and the end of decoding.
 On a GPU the total adds 10% allocator fragmentation and 0.5 GiB of CUDA context and cuBLAS workspace.
 
-Lengths: the first prompt (system + instruction + problem + chat template) is budgeted at PROMPT_TOKENS, each
-feedback turn at FEEDBACK_TOKENS (more in `full` mode), each worked example at SHOT_TOKENS. Time ranges use
-the stated throughput assumptions below; they are rough (a factor of ~2 either way).
+Lengths: the first prompt (system + worked examples + instruction + problem + chat template) is measured by
+`plan` with the recipe's tokenizer on the first problems (the longest for memory, the mean for time); when
+the tokenizer is not here it is budgeted at PROMPT_TOKENS plus SHOT_TOKENS per worked example. Each feedback
+turn is budgeted at FEEDBACK_TOKENS (more in `full` mode). Time ranges use the stated throughput assumptions
+below; they are rough (a factor of ~2 either way).
 """
 
 from __future__ import annotations
@@ -171,14 +173,27 @@ class Lengths:
 
     prompt: int  # longest rendered prompt of a turn (the last turn's)
     context: int  # longest prompt + one generated turn
+    first: int = PROMPT_TOKENS  # longest first prompt (measured, else the budget)
+    first_mean: int = PROMPT_TOKENS  # mean first prompt
+
+    @property
+    def mean_prompt(self) -> float:
+        """The mean prompt over an episode's turns (first to last, in equal steps)."""
+        return self.first_mean + (self.prompt - self.first) / 2
 
 
-def lengths(recipe, max_new: int) -> Lengths:
-    """The longest prompt and context of an episode with `max_new` tokens per turn."""
+def lengths(
+    recipe, max_new: int, first: int | None = None, first_mean: int | None = None, *, turns: int | None = None
+) -> Lengths:
+    """The longest prompt and context of an episode of `turns` turns (default `env.max_turns`) with `max_new`
+    tokens per turn, from the measured first prompt (longest, mean) or else the PROMPT_TOKENS budget."""
     env = recipe.env
-    first = PROMPT_TOKENS + SHOT_TOKENS * env.shots
-    prompt = first + (env.max_turns - 1) * (max_new + FEEDBACK_TOKENS[env.mode])
-    return Lengths(prompt, prompt + max_new)
+    if first is None:
+        first = PROMPT_TOKENS + SHOT_TOKENS * env.shots
+    first_mean = first if first_mean is None else first_mean
+    turns = env.max_turns if turns is None else turns
+    prompt = first + (turns - 1) * (max_new + FEEDBACK_TOKENS[env.mode])
+    return Lengths(prompt, prompt + max_new, first, first_mean)
 
 
 def training_memory(arch: Arch, recipe, seq_len: int, *, checkpointing: bool) -> dict[str, float]:
@@ -286,7 +301,7 @@ def generation_hours(
 ) -> tuple[float, float]:
     """(low, high) hours to play `episodes` multi-turn episodes, `batch` at a time: per batched turn, a
     prefill of the conversation so far (2P FLOPs per token) and the decoding steps."""
-    mean_prompt = (PROMPT_TOKENS + lens.prompt) / 2
+    mean_prompt = lens.mean_prompt
     step = step_seconds(arch, model, batch, mean_prompt + max_new / 2, sampled)  # mean context of a step
     out = []
     for k in range(2):

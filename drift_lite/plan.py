@@ -1,14 +1,16 @@
 """`drift-lite check`: validate a recipe, resolve its data and print the plan: sizes, tokens, memory, time.
 
 The memory and time estimates come from the cost model in `costs.py` (its docstring states the formulas);
-this module validates the recipe, resolves every problem source (offline, a shipped fixture stands in for a
-hub dataset) and formats the plan.
+this module checks the recipe (`recipe.check_recipe`), resolves every problem source as a run would
+(offline, a shipped fixture stands in for a hub dataset; a size beyond the source is planned at what the
+source has, and said), measures the first prompts with the recipe's tokenizer where it is here without
+network or a build (else the PROMPT_TOKENS budget, and said), and formats the plan.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from drift_lite.costs import (
@@ -17,6 +19,7 @@ from drift_lite.costs import (
     FEEDBACK_TOKENS,
     GPU_FLOPS,
     PROMPT_TOKENS,
+    SHOT_TOKENS,
     TURN_FILL,
     TURNS,
     Arch,
@@ -34,6 +37,7 @@ from drift_lite.costs import (
     training_memory,
 )
 from drift_lite.errors import UserError
+from drift_lite.recipe import check_recipe
 from drift_lite.tasks.loading import hub_offline
 
 # Published sizes of the datasets (all rows), to plan a recipe that asks for all of them while offline.
@@ -77,12 +81,23 @@ class Resolved:
     planned: int  # problems a run would use
     loaded: int  # problems parsed here
     where: str
+    note: str = ""  # the size asked for exceeds what the source has
+    sample: list = field(default_factory=list, repr=False)  # the first problems, for prompt lengths
 
 
-def resolve_problems(task: str, split: str, source: str | None, size: int | None, seed: int) -> Resolved:
-    """Load a task's problems; offline, a hub dataset is replaced by the shipped fixture (and says so)."""
+def resolve_problems(
+    task: str, split: str, source: str | None, size: int | None, seed: int, key: str = "task.size"
+) -> Resolved:
+    """Load a task's problems; offline, a hub dataset is replaced by the shipped fixture (and says so).
+
+    A `size` beyond what the source has is planned as the rollout runs it: with every problem there is (the
+    note says so); a generated task refuses it, as the rollout does. `key` names the size in messages.
+    """
     from drift_lite.tasks import SYNTHETIC, load_problems
     from drift_lite.tasks.loading import is_local
+
+    def shrunk(have: int, where: str) -> str:
+        return f"{key} {size:,} > {have:,} problems in {where}: using {have:,}" if (size or 0) > have else ""
 
     # the hub dataset a run would read: None for local files, toy tasks and tasks without a hub default
     hub = _hub_default(task) if source is None else None if is_local(source) else source
@@ -90,17 +105,124 @@ def resolve_problems(task: str, split: str, source: str | None, size: int | None
         fixture = _fixture(task)
         if fixture is None:
             raise UserError(f"task '{task}': offline (HF_HUB_OFFLINE) and no fixture in {FIXTURES}")
-        n = len(load_problems(task, split, str(fixture), size, seed))
-        planned = size if size is not None else FULL_SIZES.get(task, n)
+        problems = load_problems(task, split, str(fixture), size, seed)
+        n, full = len(problems), FULL_SIZES.get(task)
+        if full is None:
+            planned = size if size is not None else n
+        else:
+            planned = full if size is None else min(size, full)
         note = f"hub {hub}; offline, so its fixture {fixture.relative_to(FIXTURES.parent.parent)} stood in"
-        return Resolved(planned, n, f"{note} ({n} problems parsed)")
-    problems = load_problems(task, split, source, size, seed)
+        where = f"{note} ({n} problems parsed)"
+        return Resolved(planned, n, where, shrunk(full, f"hub {hub}") if full else "", problems[:MEASURED])
+    try:
+        problems = load_problems(task, split, source, size, seed)
+    except UserError as exc:
+        if task in SYNTHETIC:  # the only refusal of a generated task: more problems than its split has
+            raise UserError(f"key '{key}': {size:,} problems asked; {exc}") from None
+        raise
     where = source or ("generated" if task in SYNTHETIC else f"hub {hub}")
-    return Resolved(len(problems), len(problems), where)
+    note = shrunk(len(problems), where)
+    return Resolved(len(problems), len(problems), where, note, problems[:MEASURED])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prompt lengths, measured with the recipe's tokenizer where it is here
+
+MEASURED = 256  # first prompts rendered and tokenized per problem set
+
+
+def _cached_hub_tokenizer(name: str):
+    """The tokenizer of hub model `name` from the local Hugging Face cache, or None (nothing downloaded)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):  # what transformers raises for a model that is not in the cache
+        return None
+
+
+def prompt_tokenizer(model) -> tuple[object | None, str]:
+    """The tokenizer a run would use, when it is here without network or a model build, and its label; else
+    None and why. Never runs a model folder's own code (`trust_remote_code`)."""
+    import dataclasses
+
+    from drift_lite import models
+
+    if model.name == "toy":  # the same ids as the built toy model's folder tokenizer, without the build
+        from drift_lite.toy_tokenizer import build_toy_tokenizer
+
+        return build_toy_tokenizer(), "the toy tokenizer"
+    if model.name == models.SMOLLM2_NAME:
+        path = models.cache_root() / models.SMOLLM2_DIR
+        if not (path / models._COMPLETE).exists():
+            return None, f"{model.name} is converted from its GGUF on the first run"
+    else:
+        path = Path(models.resolve_model_path(model, None))  # a local folder (it exists) or a hub id
+    if not path.is_dir():
+        found = _cached_hub_tokenizer(model.name)
+        if found is None:
+            return None, f"the tokenizer of {model.name} is not in the local Hugging Face cache"
+        if found.chat_template is None:
+            raise UserError(
+                f"model {model.name}: its tokenizer has no chat template (a chat model is needed)"
+            )
+        return found, f"the tokenizer of {model.name} (local Hugging Face cache)"
+    try:
+        return models.load_tokenizer(str(path), dataclasses.replace(model, trust_remote_code=False)), (
+            f"the tokenizer of {path}"
+        )
+    except UserError:
+        if not model.trust_remote_code:
+            raise  # a run would fail to load it too
+        return (
+            None,
+            f"the tokenizer of {path} needs its own code (trust_remote_code), which check does not run",
+        )
+
+
+def prompt_lengths(tokenizer, problems: list, recipe, max_turns: int) -> list[int]:
+    """Tokens of each problem's first prompt as an episode renders it (worked examples included)."""
+    from drift_lite.chat import initial_messages, render_prompt
+    from drift_lite.rollouts import load_shots
+
+    shots = load_shots(recipe)
+    texts = [
+        render_prompt(tokenizer, initial_messages(p, recipe.env.mode, max_turns, shots(p))) for p in problems
+    ]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The plan
+
+
+@dataclass
+class Measured:
+    """Tokens of the first prompts (system, worked examples, problem, chat template, `<think>` prefill)."""
+
+    tokenizer: str
+    train: list[int]
+    eval: list[int]
+
+    @property
+    def train_longest(self) -> int:
+        """The longest measured training prompt."""
+        return max(self.train)
+
+    @property
+    def train_mean(self) -> int:
+        """The mean measured training prompt."""
+        return round(sum(self.train) / len(self.train))
+
+    @property
+    def eval_longest(self) -> int:
+        """The longest measured evaluation prompt (all sets)."""
+        return max(self.eval)
+
+    @property
+    def eval_mean(self) -> int:
+        """The mean measured evaluation prompt (all sets)."""
+        return round(sum(self.eval) / len(self.eval))
 
 
 @dataclass
@@ -119,6 +241,8 @@ class Plan:
     eval_lengths: Lengths
     memory: dict[str, dict[str, float]]  # phase -> parts, with `total` as allocated
     hours: dict[str, tuple[float, float]]  # phase -> (low, high); empty on a CPU
+    measured: Measured | None  # first-prompt lengths; None: the tokenizer is not here (costs.PROMPT_TOKENS)
+    tokenizer: str  # which tokenizer measured them, or why none did
 
     def peak(self, phase: str) -> float:
         """Estimated peak bytes of a phase (`training`, `rollout`, `evaluation`) as a GPU reports it."""
@@ -135,21 +259,12 @@ def uses_gpu(model) -> bool:
     return torch.cuda.is_available()
 
 
-def _validate(recipe) -> None:
-    from drift_lite.rollouts import load_shots
-    from drift_lite.tasks import checker_for
+def make_plan(recipe, tokenizer: tuple[object | None, str] | None = None) -> Plan:
+    """Validate the recipe, resolve its data, and estimate tokens, memory and time.
 
-    load_shots(recipe)  # env.shots: worked examples exist for the task (the rollout's own rule)
-    if not recipe.eval.sets:
-        raise UserError("eval.sets: empty (name at least one evaluation set)")
-    checker_for(recipe.task.name, recipe.task.checker)
-    for s in recipe.eval.sets:
-        checker_for(s.task, s.checker)
-
-
-def make_plan(recipe) -> Plan:
-    """Validate the recipe, resolve its data, and estimate tokens, memory and time."""
-    _validate(recipe)
+    `tokenizer`: (tokenizer or None, label) for the prompt lengths; default `prompt_tokenizer(recipe.model)`.
+    """
+    check_recipe(recipe)  # load_recipe checked it already; a Recipe built in code has not been
     m, r, tr, ev = recipe.model, recipe.rollout, recipe.train, recipe.eval
     arch = arch_for(m.name, recipe.toy)
     gpu = uses_gpu(m)
@@ -157,9 +272,25 @@ def make_plan(recipe) -> Plan:
         recipe.task.name, "train", recipe.task.source, recipe.task.size, recipe.task.seed
     )
     eval_sets = [
-        (s.name or s.task, resolve_problems(s.task, "eval", s.source, s.size, recipe.task.seed))
-        for s in ev.sets
+        (
+            s.name or s.task,
+            resolve_problems(s.task, "eval", s.source, s.size, recipe.task.seed, f"eval.sets[{i}].size"),
+        )
+        for i, s in enumerate(ev.sets)
     ]
+    eval_turns = ev.max_turns if ev.max_turns is not None else recipe.env.max_turns
+    tok, label = tokenizer if tokenizer is not None else prompt_tokenizer(m)
+    measured = None
+    if tok is not None:
+        train_lens = prompt_lengths(tok, train_set.sample, recipe, recipe.env.max_turns)
+        eval_lens = [n for _, s in eval_sets for n in prompt_lengths(tok, s.sample, recipe, eval_turns)]
+        measured = Measured(label, train_lens, eval_lens)
+    else:  # the worked examples are still built, so a recipe whose tasks have none fails here as in a run
+        from drift_lite.rollouts import load_shots
+
+        shots = load_shots(recipe)
+        for found in [train_set, *(s for _, s in eval_sets)]:
+            shots(found.sample[0])
     trajectories = train_set.planned * r.n_samples
     per_traj = [TURNS[k] * TURN_FILL[k] * r.max_new_tokens for k in range(2)]
     generated = (
@@ -167,7 +298,10 @@ def make_plan(recipe) -> Plan:
         trajectories * per_traj[1],
         trajectories * recipe.env.max_turns * r.max_new_tokens,
     )
-    roll_len, eval_len = lengths(recipe, r.max_new_tokens), lengths(recipe, ev.max_new_tokens)
+    first = (measured.train_longest, measured.train_mean) if measured else (None, None)
+    eval_first = (measured.eval_longest, measured.eval_mean) if measured else (None, None)
+    roll_len = lengths(recipe, r.max_new_tokens, *first)
+    eval_len = lengths(recipe, ev.max_new_tokens, *eval_first, turns=eval_turns)
     seq = min(tr.max_length, roll_len.context)
     steps = (
         tr.max_steps
@@ -186,7 +320,7 @@ def make_plan(recipe) -> Plan:
         )
         feedback = FEEDBACK_TOKENS[recipe.env.mode]
         rows = tuple(
-            min(seq, PROMPT_TOKENS + TURNS[k] * (TURN_FILL[k] * r.max_new_tokens + feedback))
+            min(seq, roll_len.first_mean + TURNS[k] * (TURN_FILL[k] * r.max_new_tokens + feedback))
             for k in range(2)
         )
         hours["training"] = training_hours(arch, recipe, trajectories, rows)
@@ -208,6 +342,8 @@ def make_plan(recipe) -> Plan:
         eval_len,
         memory,
         hours,
+        measured,
+        label,
     )
 
 
@@ -220,6 +356,23 @@ def _range(pair: tuple[float, float]) -> str:
     return f"{pair[0]:.1f}-{pair[1]:.1f} h"
 
 
+def _note(found: Resolved) -> str:
+    return f" ({found.note})" if found.note else ""
+
+
+def _prompt_line(recipe, p: Plan) -> str:
+    """Where the first-prompt lengths come from: measured, or the budget and why."""
+    m = p.measured
+    if m is None:
+        shots = f" + {SHOT_TOKENS} per worked example" if recipe.env.shots else ""
+        return f"first prompts: assumed {PROMPT_TOKENS} tokens{shots} ({p.tokenizer})"
+    return (
+        f"first prompts, measured with {m.tokenizer}: train mean {m.train_mean:,}, longest "
+        f"{m.train_longest:,} tokens ({len(m.train)} rendered); eval mean {m.eval_mean:,}, longest "
+        f"{m.eval_longest:,} ({len(m.eval)} rendered)"
+    )
+
+
 def format_plan(recipe, p: Plan) -> str:
     """The plan as `drift-lite check` prints it."""
     m, t, r, tr, ev, a = recipe.model, recipe.task, recipe.rollout, recipe.train, recipe.eval, p.arch
@@ -230,9 +383,13 @@ def format_plan(recipe, p: Plan) -> str:
         f"MLP {a.intermediate}, {a.heads} heads / {a.kv_heads} kv, vocab {a.vocab}"
         f"{', tied' if a.tied else ''}); sampling in {m.dtype}, quantization {m.quantization}; "
         f"training {tr.finetune}; device {m.device}{here}",
-        f"train prompts: {p.train_set.planned} of {t.name} from {p.train_set.where}",
+        f"train prompts: {p.train_set.planned} of {t.name} from {p.train_set.where}{_note(p.train_set)}",
     ]
-    lines += [f"eval set {name}: {found.planned} problems from {found.where}" for name, found in p.eval_sets]
+    lines += [
+        f"eval set {name}: {found.planned} problems from {found.where}{_note(found)}"
+        for name, found in p.eval_sets
+    ]
+    lines.append(_prompt_line(recipe, p))
     low, high, most = p.generated
     lines.append(
         f"rollouts: {p.train_set.planned} prompts x N={r.n_samples} = {p.trajectories:,} trajectories of up "
@@ -265,7 +422,7 @@ def format_plan(recipe, p: Plan) -> str:
         + ", ".join(f"{k} {_range(v)}" for k, v in p.hours.items())
         + f" (reference and trained); total {_range(total)}"
     )
-    mean_context = (PROMPT_TOKENS + p.rollout_lengths.prompt + r.max_new_tokens) / 2
+    mean_context = p.rollout_lengths.mean_prompt + r.max_new_tokens / 2
     step = step_seconds(a, m, r.batch_size, mean_context, True)  # as generation_hours takes it
     lines.append(
         f"  assuming an RTX 3090/4090-class GPU: rollout decoding steps of {step[0] * 1e3:.0f}-"

@@ -161,3 +161,30 @@ def test_activation_coefficients_match_saved_tensors(tmp_path):
     per_token = (saved_bytes(2) - saved_bytes(1)) / (batch * seq) / 4
     print(f"saved fp32 elements per token and layer: {per_token:.0f}")
     assert per_token == pytest.approx(14 * hidden + 3 * inter + seq, rel=0.1)
+
+
+def test_lengths_from_a_measured_first_prompt():
+    recipe = load_recipe(PAPER_3B)
+    budget = costs.lengths(recipe, 512)
+    assert (budget.first, budget.first_mean) == (costs.PROMPT_TOKENS, costs.PROMPT_TOKENS)
+    measured = costs.lengths(recipe, 512, 3400, 900)
+    assert measured.prompt == 3400 + 4 * (512 + 20) and measured.context == measured.prompt + 512
+    assert measured.mean_prompt == 900 + 4 * (512 + 20) / 2  # mean first prompt, then half the growth
+    assert budget.mean_prompt == (costs.PROMPT_TOKENS + budget.prompt) / 2  # as before the measurement
+    shots = costs.lengths(load_recipe(None, ["env.shots=2"]), 40)
+    assert shots.first == costs.PROMPT_TOKENS + 2 * costs.SHOT_TOKENS  # the budget counts worked examples
+
+
+def test_evaluation_lengths_follow_their_own_turns():
+    recipe = load_recipe(PAPER_3B)
+    one = costs.lengths(recipe, 512, 300, turns=1)
+    assert one.prompt == 300 and one.context == 812
+    assert costs.lengths(recipe, 512, 300).prompt == 300 + 4 * (512 + 20)
+
+
+def test_time_grows_with_the_measured_prompt():
+    recipe = load_recipe(PAPER_3B)
+    arch = costs.KNOWN_ARCHS["Qwen/Qwen2.5-3B-Instruct"]
+    short = costs.generation_hours(arch, recipe.model, 4096, 32, 512, costs.lengths(recipe, 512, 200), True)
+    long = costs.generation_hours(arch, recipe.model, 4096, 32, 512, costs.lengths(recipe, 512, 3400), True)
+    assert long[0] > short[0] and long[1] > short[1]

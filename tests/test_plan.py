@@ -1,5 +1,6 @@
 """`drift-lite check`: every shipped recipe passes it, estimates are sane, bad recipes are one-line errors."""
 
+import json
 import re
 from pathlib import Path
 
@@ -20,9 +21,11 @@ PAPER_3B = ROOT / "recipes" / "paper" / "qwen2.5-3b-metamathqa.yaml"
 
 @pytest.fixture
 def offline(monkeypatch):
-    """No hub: the plan uses the shipped fixtures; relative data paths resolve from the project root."""
+    """No hub: the plan uses the shipped fixtures; relative data paths resolve from the project root; no hub
+    tokenizer is cached (whatever this machine's Hugging Face cache holds), so hub models use the budget."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(plan, "_cached_hub_tokenizer", lambda name: None)
 
 
 def run_check(capsys, *args: str) -> tuple[int, str, str]:
@@ -138,3 +141,166 @@ def test_an_eval_set_without_a_source_exits_2_even_offline(offline, capsys):
 def test_an_unknown_model_exits_2_with_one_line(offline, capsys):
     err = _one_line_error(*run_check(capsys, str(PAPER_3B), "model.name=org/unknown-model"))
     assert "org/unknown-model" in err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sizes beyond the source, sources a recipe ignores, measured prompt lengths (issue 20)
+
+TOY = ROOT / "recipes" / "toy" / "drift.yaml"
+
+
+def _gsm8k_file(path: Path, questions: list[str]) -> Path:
+    rows = [{"question": q, "answer": f"so {i}\n#### {i}"} for i, q in enumerate(questions)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_a_size_beyond_a_local_source_is_planned_as_the_rollout_runs_it(offline, capsys, tmp_path):
+    from drift_lite.tasks import load_problems
+
+    data = _gsm8k_file(tmp_path / "gsm.jsonl", ["What is 1+1?", "What is 2+2?", "What is 3+3?"])
+    args = [f"task.source={data}", "task.name=gsm8k", "task.size=5000", "task.checker=exact"]
+    code, out, err = run_check(capsys, str(PAPER_3B), *args)
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("train prompts:"))
+    assert line == f"train prompts: 3 of gsm8k from {data} (task.size 5,000 > 3 problems in {data}: using 3)"
+    assert "3 prompts x N=16 = 48 trajectories" in out
+    # the rollout reads the same function with the same arguments: it runs these 3 problems
+    assert len(load_problems("gsm8k", "train", str(data), 5000, 0)) == 3
+
+
+def test_an_eval_size_beyond_its_source_is_named_by_its_key(offline, capsys, tmp_path):
+    data = _gsm8k_file(tmp_path / "gsm.jsonl", ["What is 1+1?", "What is 2+2?"])
+    code, out, err = run_check(
+        capsys, str(PAPER_3B), f"eval.sets=[{{task: gsm8k, source: {data}, size: 10}}]"
+    )
+    assert code == 0, err
+    assert (
+        f"eval set gsm8k: 2 problems from {data} (eval.sets[0].size 10 > 2 problems in {data}: using 2)"
+        in out
+    )
+
+
+def test_offline_a_size_beyond_the_published_dataset_is_capped(offline, capsys):
+    code, out, _ = run_check(capsys, str(PAPER_3B), "task.size=500000")
+    assert code == 0
+    line = next(x for x in out.splitlines() if x.startswith("train prompts:"))
+    assert line.startswith("train prompts: 155000 of metamathqa")
+    assert line.endswith("(task.size 500,000 > 155,000 problems in hub meta-math/MetaMathQA: using 155,000)")
+
+
+def test_a_generated_task_refuses_more_problems_than_its_split_has(offline, capsys):
+    err = _one_line_error(*run_check(capsys, str(TOY), "task.size=100000"))
+    assert "key 'task.size': 100,000 problems asked; toy task: train has only" in err
+    err = _one_line_error(*run_check(capsys, str(TOY), "eval.sets=[{task: arith, size: 100000}]"))
+    assert "key 'eval.sets[0].size'" in err
+
+
+def test_no_plan_for_a_source_the_run_would_ignore(offline, capsys):
+    err = _one_line_error(*run_check(capsys, str(TOY), "task.source=data/fixtures/gsm8k.jsonl"))
+    assert "key 'task.source': must be null: the toy task is generated here and reads no source" in err
+
+
+def test_prompt_lengths_are_measured_with_the_toy_tokenizer(offline, capsys):
+    from drift_lite.chat import initial_messages, render_prompt
+    from drift_lite.tasks import load_problems
+    from drift_lite.toy_tokenizer import build_toy_tokenizer
+
+    recipe = load_recipe(TOY)
+    p = plan.make_plan(recipe)
+    tokenizer = build_toy_tokenizer()
+    problems = load_problems("toy", "train", None, recipe.task.size, recipe.task.seed)
+    expected = [
+        len(
+            tokenizer(render_prompt(tokenizer, initial_messages(q, "simple", 5)), add_special_tokens=False)[
+                "input_ids"
+            ]
+        )
+        for q in problems
+    ]
+    assert p.measured.train == expected and p.rollout_lengths.first == max(expected)
+    assert p.rollout_lengths.first_mean == round(sum(expected) / len(expected))
+    assert p.rollout_lengths.first < costs.PROMPT_TOKENS  # the toy's phrase tokens: far below the budget
+    code, out, _ = run_check(capsys, str(TOY))
+    assert (
+        code == 0
+        and f"first prompts, measured with the toy tokenizer: train mean {p.measured.train_mean}" in out
+    )
+
+
+def test_a_long_prompt_is_planned_at_its_measured_length(offline, capsys, tmp_path):
+    """A 3,400-token problem: the plan's rows and memory use its length, not the 400-token budget."""
+    long_question = "How many? " + "x" * 3400
+    short_data = _gsm8k_file(tmp_path / "short.jsonl", ["What is 1+1?"])
+    long_data = _gsm8k_file(tmp_path / "long.jsonl", ["What is 1+1?", long_question])
+    args = ["task.name=gsm8k", "task.checker=exact", "train.max_length=8192"]
+    short = plan.make_plan(load_recipe(TOY, [*args, f"task.source={short_data}"]))
+    p = plan.make_plan(load_recipe(TOY, [*args, f"task.source={long_data}"]))
+    assert p.rollout_lengths.first > 3400 and p.train_seq > 3400 and short.rollout_lengths.first < 400
+    assert p.peak("rollout") > short.peak("rollout") and p.peak("training") > short.peak("training")
+    code, out, _ = run_check(capsys, str(TOY), *args, f"task.source={long_data}")
+    assert code == 0 and f"longest {p.rollout_lengths.first:,} tokens" in out
+
+
+def test_a_hub_tokenizer_in_the_local_cache_is_used(offline, monkeypatch):
+    from drift_lite.toy_tokenizer import build_toy_tokenizer
+
+    asked = []
+    monkeypatch.setattr(
+        plan, "_cached_hub_tokenizer", lambda name: asked.append(name) or build_toy_tokenizer()
+    )
+    p = plan.make_plan(load_recipe(PAPER_3B))
+    assert asked == ["Qwen/Qwen2.5-3B-Instruct"]
+    assert p.measured is not None and "Qwen/Qwen2.5-3B-Instruct (local Hugging Face cache)" in p.tokenizer
+    assert p.rollout_lengths.first == max(p.measured.train)
+
+
+def test_without_the_tokenizer_the_plan_says_it_assumes_the_budget(offline, capsys):
+    code, out, _ = run_check(capsys, str(PAPER_3B))
+    assert code == 0
+    assert (
+        "first prompts: assumed 400 tokens (the tokenizer of Qwen/Qwen2.5-3B-Instruct is not in the local "
+        "Hugging Face cache)" in out
+    )
+    p = plan.make_plan(load_recipe(PAPER_3B))
+    assert p.measured is None and p.rollout_lengths.first == costs.PROMPT_TOKENS
+
+
+def _local_model(folder: Path, with_tokenizer: bool) -> Path:
+    from transformers import Qwen2Config
+
+    from drift_lite.toy_tokenizer import build_toy_tokenizer
+
+    folder.mkdir()
+    Qwen2Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=116,
+    ).to_json_file(folder / "config.json")
+    if with_tokenizer:
+        build_toy_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_a_local_model_folder_is_measured_with_its_own_tokenizer(offline, capsys, tmp_path):
+    folder = _local_model(tmp_path / "model", with_tokenizer=True)
+    code, out, err = run_check(capsys, str(TOY), f"model.name={folder}")
+    assert code == 0, err
+    assert f"first prompts, measured with the tokenizer of {folder}: train mean" in out
+
+
+def test_a_local_model_folder_without_a_tokenizer_exits_2(offline, capsys, tmp_path):
+    folder = _local_model(tmp_path / "model", with_tokenizer=False)
+    err = _one_line_error(*run_check(capsys, str(TOY), f"model.name={folder}"))
+    assert "tokenizer" in err and str(folder) in err  # what a run would stop on, before any GPU time
+
+
+def test_worked_examples_are_built_for_the_plan(offline, capsys):
+    code, out, err = run_check(capsys, str(TOY), "env.shots=3")
+    assert code == 0, err
+    shots = plan.make_plan(load_recipe(TOY, ["env.shots=3"])).measured
+    none = plan.make_plan(load_recipe(TOY)).measured
+    assert shots.train_mean > none.train_mean + 3 * 10  # three worked turns in every prompt
