@@ -125,6 +125,7 @@ def rollout(
     out_path = Path(out_path)
     records.check_output_path(out_path)
     check_recipe(recipe)  # load_recipe checked it already; a Recipe built in code has not been
+    shots = load_shots(recipe)  # env.shots is refused before any data loads
     auto = shard is None and env_shard() is not None
     shard = env_shard() if auto else check_shard(shard)
     part = shard_path(out_path, shard) if auto else out_path
@@ -136,10 +137,7 @@ def rollout(
     order = prompt_order([p.id for p in problems], shard)
     if auto and model is None:
         use_local_device()
-    # Held from the first look at the file to the last write: two writers would interleave their groups.
-    with exclusive_lock(part, "rollout file"):
-        _remove_own_temps(part)
-        summary = _rollout_locked(recipe, part, mine, order, shard, model, tokenizer, show_progress)
+    summary = _rollout_one(recipe, part, mine, shots, order, shard, model, tokenizer, show_progress)
     if auto and shard[0] == 0:
         parts = [shard_path(out_path, (i, shard[1])) for i in range(shard[1])]
         settings = rollout_settings(recipe)
@@ -158,20 +156,29 @@ def rollout(
     return summary
 
 
-def _rollout_locked(
-    recipe, out_path: Path, problems: list[Problem], order: dict, shard, model, tokenizer, show_progress: bool
+def _rollout_one(
+    recipe,
+    out_path: Path,
+    problems: list[Problem],
+    shots: Callable[[Problem], Shots],
+    order: dict,
+    shard,
+    model,
+    tokenizer,
+    show_progress: bool,
 ) -> dict:
-    """`rollout` of `problems` (the shard's) into `out_path` while this process holds its lock."""
-    from drift_lite import models, records
+    """`rollout` of `problems` (the shard's) into `out_path`: every check and the model first, then the
+    sampling under the file's lock."""
+    from drift_lite import models
     from drift_lite.tasks import checker_for, feedback_for
 
-    shots = load_shots(recipe)
     settings = rollout_settings(recipe)
     recorded_shard = None if shard is None else {"index": shard[0], "count": shard[1]}
-    fp_path = fingerprint_path(out_path)
     n = recipe.rollout.n_samples
-    resuming = out_path.exists()
-    if resuming:
+    if Path(f"{out_path}.lock").exists():  # `files.exclusive_lock`'s lock file: one may be holding it now
+        with exclusive_lock(out_path, "rollout file"):
+            pass  # refused at once, before a model loads, when another process writes the file
+    if out_path.exists():  # refused before the model loads; checked again under the lock
         _check_same_settings(out_path, settings, shard, order)
     checker = checker_for(recipe.task.name, recipe.task.checker)
     env, feedback = episode_settings(recipe), feedback_for(recipe.task.name)
@@ -180,11 +187,34 @@ def _rollout_locked(
         path = models.resolve_model_path(recipe.model, recipe.toy)
         tokenizer = models.load_tokenizer(path, recipe.model)
         model = models.load_model(path, recipe.model)
-    # Every mistake that shows before sampling has been raised by now: only now touch the files.
-    done_ids: set[str] = set()
-    if resuming:
-        done_ids = {row["prompt_id"] for row in records.read_complete_groups(out_path, n)}
+    # Every mistake that shows before sampling has been raised by now: only now touch the files, holding the
+    # file's lock from the first write to the last (two writers would interleave their groups). The lock
+    # file (`<out>.lock`) stays: removing it would let a third process lock a new file while a second holds
+    # the old one.
     meta = {"settings": settings, "prompts": order, "shard": recorded_shard}
+    with exclusive_lock(out_path, "rollout file"):
+        _remove_own_temps(out_path)
+        if out_path.exists():  # again: another process may have written it while the model loaded
+            _check_same_settings(out_path, settings, shard, order)
+        return _sample(recipe, out_path, problems, jobs, model, tokenizer, meta, show_progress)
+
+
+def _sample(
+    recipe,
+    out_path: Path,
+    problems: list[Problem],
+    jobs: list[Job],
+    model,
+    tokenizer,
+    meta: dict,
+    show_progress: bool,
+) -> dict:
+    """Play the jobs of the prompts not yet in `out_path` and append their groups (under the file's lock)."""
+    from drift_lite import records
+
+    n, shard = recipe.rollout.n_samples, shard_of(meta)
+    fp_path = fingerprint_path(out_path)
+    done_ids = {row["prompt_id"] for row in records.read_complete_groups(out_path, n)}
     write_json_atomic(fp_path, {**meta, "complete": False})
     todo = [p for p in problems if p.id not in done_ids]
     jobs = [job for job in jobs if job.episode.problem.id not in done_ids]

@@ -52,9 +52,8 @@ def parse_shard(text: str) -> Shard:
         shard = (int(head), int(tail)) if sep else None
     except ValueError:
         shard = None
-    if shard is None:
-        raise UserError(f"--shard {text}: expected I/N with integers, e.g. 0/4 (I from 0 to N-1)")
-    check_shard(shard)
+    if shard is None or shard[1] < 1 or not 0 <= shard[0] < shard[1]:
+        raise UserError(f"--shard {text}: expected I/N with integers, N >= 1 and I from 0 to N-1, e.g. 0/4")
     return shard
 
 
