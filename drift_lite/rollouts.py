@@ -3,12 +3,16 @@ resumable, with a settings fingerprint beside it (`<file>.settings.json`).
 
 Run it from the CLI: `drift-lite rollout recipes/toy/drift.yaml --out runs/x/rollouts.jsonl`. The episodes are
 played by `episodes.play_episodes` (engines: `engine_turn`, the default, and the opt-in `engine_token`).
+Sharding (a slice of the prompts per process, merged after) is in `drift_lite.shards`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,15 +22,28 @@ from tqdm.auto import tqdm
 from drift_lite.env import EpisodeSettings
 from drift_lite.episodes import play_episodes
 from drift_lite.errors import UserError
-from drift_lite.files import read_json, write_json_atomic
+from drift_lite.files import exclusive_lock, read_json, write_json_atomic
 from drift_lite.jobs import Job, Shots, make_jobs
 from drift_lite.sampling import Sampling
+from drift_lite.shards import (
+    check_shard,
+    env_shard,
+    iter_groups,
+    merge,
+    prompt_order,
+    shard_of,
+    shard_path,
+    shard_slice,
+    use_local_device,
+    wait_for_parts,
+)
 from drift_lite.tasks.base import Problem
 
 __all__ = [
     "GroupWriter",
     "Job",
     "Sampling",
+    "changed_keys",
     "env_identity",
     "episode_settings",
     "fingerprint_path",
@@ -80,31 +97,89 @@ def fingerprint_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".settings.json")
 
 
-def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_progress: bool = True) -> dict:
+def rollout(
+    recipe,
+    out_path: str | Path,
+    *,
+    shard: tuple[int, int] | None = None,
+    model=None,
+    tokenizer=None,
+    show_progress: bool = True,
+) -> dict:
     """Sample `rollout.n_samples` multi-turn trajectories per training prompt into `out_path` (resumable).
 
+    `shard=(i, n)` plays only the prompts at positions i, i+n, ... (see `drift_lite.shards`) into `out_path`;
+    join the parts with `shards.merge`. With `shard=None` under a launcher (WORLD_SIZE > 1 in the
+    environment, as `accelerate launch` sets it), the shard is (RANK, WORLD_SIZE), each process writes its
+    part beside `out_path` (`shards.shard_path`) and rank 0 waits for the others and merges into `out_path`.
+    One process writes a file at a time (`files.exclusive_lock`): a second one is refused with one line.
+
     Returns stats: prompts, trajectories, resumed_prompts, generated_tokens, seconds, tokens_per_s and
-    `engine` (what `play_episodes` reports ran); they are also written to the fingerprint file.
-    Example: `rollout(load_recipe("toy"), "runs/x/rollouts.jsonl")["engine"]["engine"]`.
+    `engine` (what `play_episodes` reports ran), plus `shard` ("i/n") when sharded; they are also written to
+    the fingerprint file. Example: `rollout(load_recipe("toy"), "runs/x/rollouts.jsonl")["engine"]["engine"]`.
     """
-    from drift_lite import models, records
+    from drift_lite import records
     from drift_lite.recipe import check_recipe
-    from drift_lite.tasks import checker_for, feedback_for, load_problems
+    from drift_lite.tasks import load_problems
 
     out_path = Path(out_path)
     records.check_output_path(out_path)
     check_recipe(recipe)  # load_recipe checked it already; a Recipe built in code has not been
-    shots = load_shots(recipe)
-    settings = rollout_settings(recipe)
-    fp_path = fingerprint_path(out_path)
+    shots = load_shots(recipe)  # env.shots is refused before any data loads
+    auto = shard is None and env_shard() is not None
+    shard = env_shard() if auto else check_shard(shard)
+    part = shard_path(out_path, shard) if auto else out_path
     problems = load_problems(
         recipe.task.name, "train", recipe.task.source, recipe.task.size, recipe.task.seed
     )
     _check_unique_ids(problems, recipe.task.name)
+    mine = shard_slice(problems, shard)
+    order = prompt_order([p.id for p in problems], shard)
+    if auto and model is None:
+        use_local_device()
+    summary = _rollout_one(recipe, part, mine, shots, order, shard, model, tokenizer, show_progress)
+    if auto and shard[0] == 0:
+        parts = [shard_path(out_path, (i, shard[1])) for i in range(shard[1])]
+        settings = rollout_settings(recipe)
+
+        def ready(path: Path, meta: dict | None) -> bool:
+            return (
+                isinstance(meta, dict)
+                and bool(meta.get("complete"))
+                and meta.get("settings") == settings
+                and meta.get("prompts") == prompt_order([p.id for p in problems], shard_of(meta))
+                and shard_of(meta) == (parts.index(path), shard[1])
+            )
+
+        wait_for_parts(parts[1:], ready)
+        summary["merged"] = merge(parts, out_path)
+    return summary
+
+
+def _rollout_one(
+    recipe,
+    out_path: Path,
+    problems: list[Problem],
+    shots: Callable[[Problem], Shots],
+    order: dict,
+    shard,
+    model,
+    tokenizer,
+    show_progress: bool,
+) -> dict:
+    """`rollout` of `problems` (the shard's) into `out_path`: every check and the model first, then the
+    sampling under the file's lock."""
+    from drift_lite import models
+    from drift_lite.tasks import checker_for, feedback_for
+
+    settings = rollout_settings(recipe)
+    recorded_shard = None if shard is None else {"index": shard[0], "count": shard[1]}
     n = recipe.rollout.n_samples
-    resuming = out_path.exists()
-    if resuming:
-        _check_same_settings(out_path, settings)
+    if Path(f"{out_path}.lock").exists():  # `files.exclusive_lock`'s lock file: one may be holding it now
+        with exclusive_lock(out_path, "rollout file"):
+            pass  # refused at once, before a model loads, when another process writes the file
+    if out_path.exists():  # refused before the model loads; checked again under the lock
+        _check_same_settings(out_path, settings, shard, order)
     checker = checker_for(recipe.task.name, recipe.task.checker)
     env, feedback = episode_settings(recipe), feedback_for(recipe.task.name)
     jobs = make_jobs(problems, n, recipe.seed, checker, env, shots, feedback)
@@ -112,11 +187,35 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
         path = models.resolve_model_path(recipe.model, recipe.toy)
         tokenizer = models.load_tokenizer(path, recipe.model)
         model = models.load_model(path, recipe.model)
-    # Every mistake that shows before sampling has been raised by now: only now touch the files.
-    done_ids: set[str] = set()
-    if resuming:
-        done_ids = {row["prompt_id"] for row in records.read_complete_groups(out_path, n)}
-    write_json_atomic(fp_path, {"settings": settings, "complete": False})
+    # Every mistake that shows before sampling has been raised by now: only now touch the files, holding the
+    # file's lock from the first write to the last (two writers would interleave their groups). The lock
+    # file (`<out>.lock`) stays: removing it would let a third process lock a new file while a second holds
+    # the old one.
+    meta = {"settings": settings, "prompts": order, "shard": recorded_shard}
+    with exclusive_lock(out_path, "rollout file"):
+        _remove_own_temps(out_path)
+        if out_path.exists():  # again: another process may have written it while the model loaded
+            _check_same_settings(out_path, settings, shard, order)
+        return _sample(recipe, out_path, problems, jobs, model, tokenizer, meta, show_progress)
+
+
+def _sample(
+    recipe,
+    out_path: Path,
+    problems: list[Problem],
+    jobs: list[Job],
+    model,
+    tokenizer,
+    meta: dict,
+    show_progress: bool,
+) -> dict:
+    """Play the jobs of the prompts not yet in `out_path` and append their groups (under the file's lock)."""
+    from drift_lite import records
+
+    n, shard = recipe.rollout.n_samples, shard_of(meta)
+    fp_path = fingerprint_path(out_path)
+    done_ids = {row["prompt_id"] for row in records.read_complete_groups(out_path, n)}
+    write_json_atomic(fp_path, {**meta, "complete": False})
     todo = [p for p in problems if p.id not in done_ids]
     jobs = [job for job in jobs if job.episode.problem.id not in done_ids]
     extra = {"task": recipe.task.name, "ref_model": recipe.model.name, "seed": recipe.seed}
@@ -128,8 +227,9 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
         max_new_tokens=recipe.rollout.max_new_tokens,
         seed=recipe.seed,
     )
+    desc = "rollout" if shard is None else f"rollout {shard[0]}/{shard[1]}"
     bar = tqdm(
-        total=len(problems), initial=len(done_ids), desc="rollout", unit="prompt", disable=not show_progress
+        total=len(problems), initial=len(done_ids), desc=desc, unit="prompt", disable=not show_progress
     )
     start = time.perf_counter()
     counters = {"traj": 0, "tokens": 0}
@@ -172,8 +272,28 @@ def rollout(recipe, out_path: str | Path, *, model=None, tokenizer=None, show_pr
         "tokens_per_s": round(stats["generated_tokens"] / max(seconds, 1e-9), 1),
         "engine": stats["engine"],  # which engine and optional paths ran (not a setting of the rows)
     }
-    write_json_atomic(fp_path, {"settings": settings, "complete": True, "stats": summary})
+    if shard is not None:
+        summary["shard"] = f"{shard[0]}/{shard[1]}"
+    write_json_atomic(fp_path, {**meta, "complete": True, "stats": summary})
     return summary
+
+
+def _remove_own_temps(out_path: Path) -> int:
+    """Delete the temp files a killed writer of this file (or its settings file) left; only under its lock.
+
+    Only this file's own temps (`.<name>.<8 hex>.tmp`): other files in the folder may have live writers.
+    """
+    names = {out_path.name, fingerprint_path(out_path).name}
+    pattern = re.compile(r"^\.(.+)\.[0-9a-f]{8}\.tmp$")
+    removed = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(out_path.parent):
+            match = pattern.match(entry.name)
+            if match and match.group(1) in names and entry.is_file():
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
 
 
 def rollout_settings(recipe) -> dict:
@@ -231,20 +351,31 @@ def load_shots(recipe) -> Callable[[Problem], Shots]:
     return shots_for
 
 
-def is_complete(out_path: str | Path, recipe) -> bool:
-    """True when `out_path` holds a finished rollout made with this recipe's settings."""
+def is_complete(out_path: str | Path, recipe, shard: tuple[int, int] | None = None) -> bool:
+    """True when `out_path` holds a finished rollout (or shard `shard`) made with this recipe's settings:
+    its settings file says so, and the file holds exactly its prompts' groups of `n_samples` rows each."""
     out_path = Path(out_path)
     meta = read_json(fingerprint_path(out_path))
-    return (
+    if not (
         out_path.exists()
         and isinstance(meta, dict)
         and meta.get("complete")
-        and meta["settings"] == rollout_settings(recipe)
-    )
+        and meta.get("settings") == rollout_settings(recipe)
+        and shard_of(meta) == check_shard(shard)
+    ):
+        return False
+    prompts = meta.get("prompts") if isinstance(meta.get("prompts"), dict) else {}
+    expected = prompts.get("count", (meta.get("stats") or {}).get("prompts"))  # files from before shards
+    try:
+        groups = sum(1 for _ in iter_groups(out_path, recipe.rollout.n_samples, validate=False))
+    except UserError:  # a group of another size, a prompt twice, a torn line
+        return False
+    return groups == expected
 
 
-def _check_same_settings(out_path: Path, settings: dict) -> None:
-    """Refuse to resume a file made with other settings (a one-line error; nothing is touched)."""
+def _check_same_settings(out_path: Path, settings: dict, shard, order: dict) -> None:
+    """Refuse to resume a file made with other settings, as another shard or from other prompts (a one-line
+    error; nothing is touched)."""
     fp_path = fingerprint_path(out_path)
     previous = read_json(fp_path)
     if not isinstance(previous, dict):
@@ -253,9 +384,18 @@ def _check_same_settings(out_path: Path, settings: dict) -> None:
             "use another --out or delete it"
         )
     if previous.get("settings") != settings:
-        changed = _changed_keys(previous.get("settings") or {}, settings)
+        changed = changed_keys(previous.get("settings") or {}, settings)
         raise UserError(
             f"{out_path}: exists with other rollout settings ({', '.join(changed)}); "
+            "use another --out or delete it"
+        )
+    if shard_of(previous) != shard:
+        shown = {None: "the whole run"}
+        was, now = (shown.get(s) or f"shard {s[0]}/{s[1]}" for s in (shard_of(previous), shard))
+        raise UserError(f"{out_path}: holds {was}, not {now}; use another --out or delete it")
+    if "prompts" in previous and previous["prompts"] != order:
+        raise UserError(
+            f"{out_path}: exists with other prompts (another task data or kit version); "
             "use another --out or delete it"
         )
 
@@ -268,12 +408,13 @@ def _check_unique_ids(problems: list[Problem], task: str) -> None:
         seen.add(p.id)
 
 
-def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested settings dicts, sorted."""
     keys = []
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
-            keys += _changed_keys(a, b, f"{prefix}{k}.")
+            keys += changed_keys(a, b, f"{prefix}{k}.")
         elif a != b:
             keys.append(f"{prefix}{k}")
     return keys

@@ -1,5 +1,6 @@
 """The rollout step: per-problem worked examples, and `rollout` files: valid rows, determinism, the engine
-recorded, kill -9 and resume, refusals, and what the fingerprint depends on (no weighting setting)."""
+recorded, kill -9 and resume, refusals, one writer per file, what `complete` means, and what the fingerprint
+depends on (no weighting setting). Shards: tests/test_shards.py."""
 
 import json
 import os
@@ -243,3 +244,78 @@ def test_rollout_settings_follow_the_toy_build_and_no_weighting_setting(monkeypa
     assert base != rollout_settings(load_recipe(None, ["toy.steps=7"]))
     monkeypatch.setattr(toy_model, "CORPUS_VERSION", "another-corpus")  # a rebuilt reference, same settings
     assert base != rollout_settings(recipe)
+
+
+def test_a_second_process_on_a_locked_rollout_file_is_refused_and_changes_nothing(
+    recipe_path, reference, tmp_path
+):
+    """One writer per rollout file: while another process holds it, `drift-lite rollout` exits 2, one line."""
+    out = tmp_path / "locked.jsonl"
+    out.write_bytes(reference[: _lines_end(reference, N)])  # one group, as a killed run leaves it
+    shutil.copy(fingerprint_path(recipe_path.parent / "reference.jsonl"), fingerprint_path(out))
+    before = (out.read_bytes(), fingerprint_path(out).read_bytes())
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from drift_lite.files import exclusive_lock\n"
+            f"with exclusive_lock({str(out)!r}, 'rollout file'):\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = subprocess.run(
+            [sys.executable, "-m", "drift_lite.cli", "rollout", str(recipe_path), "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    lines = second.stderr.splitlines()
+    assert second.returncode == 2 and len(lines) == 1, second.stderr
+    assert f"pid {holder.pid}" in lines[0] and "another drift-lite process" in lines[0]
+    assert "rollout file" in lines[0]
+    assert (out.read_bytes(), fingerprint_path(out).read_bytes()) == before
+
+
+def test_complete_means_every_group_has_exactly_n_rows(recipe_path, reference, tmp_path):
+    """The settings file saying `complete` is not enough: a duplicated, a short, an oversized or a missing
+    group makes the file incomplete (two writers once appended to one file and both called it complete)."""
+    recipe = load_recipe(recipe_path)
+    rows = reference.splitlines(keepends=True)
+    meta = fingerprint_path(recipe_path.parent / "reference.jsonl").read_bytes()
+    cases = {
+        "whole": rows,
+        "a group twice": rows + rows[:N],
+        "a row missing": rows[:1] + rows[2:],
+        "a row too many": rows + rows[-1:],
+        "a group missing": rows[:-N],
+        "a torn last line": rows[:-1] + [rows[-1][:-5]],
+    }
+    for name, lines in cases.items():
+        out = tmp_path / f"{name.replace(' ', '-')}.jsonl"
+        out.write_bytes(b"".join(lines))
+        fingerprint_path(out).write_bytes(meta)
+        assert is_complete(out, recipe) is (name == "whole"), name
+    assert not is_complete(tmp_path / "whole.jsonl", load_recipe(recipe_path, ["seed=4"]))
+
+
+def test_a_rerun_removes_the_temp_files_a_killed_writer_of_this_file_left(recipe_path, reference, tmp_path):
+    out = tmp_path / "done.jsonl"
+    out.write_bytes(reference)
+    shutil.copy(fingerprint_path(recipe_path.parent / "reference.jsonl"), fingerprint_path(out))
+    own = [tmp_path / ".done.jsonl.0123abcd.tmp", tmp_path / ".done.jsonl.settings.json.deadbeef.tmp"]
+    other = tmp_path / ".other.jsonl.0123abcd.tmp"  # another file's writer may be alive: left alone
+    for path in [*own, other]:
+        path.write_text("partial")
+    stats = _run(recipe_path, out)
+    assert stats["resumed_prompts"] == SIZE and out.read_bytes() == reference
+    assert not any(p.exists() for p in own) and other.exists()
