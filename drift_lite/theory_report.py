@@ -102,7 +102,8 @@ def theory_markdown(entries: list[dict], context: dict) -> str:
         "KL(SBoN_N ‖ π\\*) per prompt and β. The gap is O(1/N) once N is large enough that the best answer "
         "shows up in most groups; until then (the `hard` prompt at small β) SBoN_N can only reweight what "
         "π_ref happened to draw, and the gap stays large. N·KL is given in brackets: it levels off where the "
-        "1/N rate has set in.",
+        "1/N rate has set in (β = 1); where the best answer is likely and β small it falls faster still, as "
+        "the chance that a group lacks the best answer falls exponentially in N.",
         "",
         *_table_by_n(
             entries, prompts, ns, lambda e: f"{_fmt(e['kl_sbon_star'])} [{e['n'] * e['kl_sbon_star']:.3g}]"
@@ -121,13 +122,13 @@ def theory_markdown(entries: list[dict], context: dict) -> str:
         *_fixed_section(entries, context, prompts, ns),
         "## The figure",
         "",
-        "`theory-kl.png`: one panel per β, N on a log axis, KL on a log axis, one colour per prompt. Solid "
-        "line: KL(SBoN_N ‖ π\\*), the exact gap between what the weighted data is distributed as and π\\*. "
-        "Dashed: KL(trained ‖ SBoN_N) in the fresh regime, how far the trained policy is from SBoN_N (far "
-        "below the solid line wherever SBoN_N and π\\* differ: it lands on SBoN_N). Dotted: KL(trained ‖ "
-        "π\\*) in the fixed regime, one sample set per prompt (noisy, falling with N only on the whole). "
-        f"Grey: a 1/N slope for reference. Values below {_FLOOR:g} are drawn "
-        "at that floor.",
+        "`theory-kl.png`: one panel per β, N on a log axis, KL on a log axis, one colour per prompt. "
+        "Solid line: KL(SBoN_N ‖ π\\*), the exact gap between what the weighted data is distributed as "
+        "and π\\*. Dashed: KL(trained ‖ SBoN_N) in the fresh regime, how far the trained policy is from "
+        "SBoN_N (far below the solid line wherever SBoN_N and π\\* differ clearly: it lands on SBoN_N). "
+        "Dotted: KL(trained ‖ π\\*) in the fixed regime, one sample set per prompt (noisy, falling with N "
+        f"only on the whole). Grey: a 1/N slope for reference. Values below {_FLOOR:g} are drawn at that "
+        "floor.",
         "",
     ]
     return "\n".join(lines)
@@ -179,7 +180,7 @@ def write_kl_plot(entries: list[dict], path: Path) -> None:
 
     prompts = list(dict.fromkeys(e["prompt"] for e in entries))
     ns = sorted({e["n"] for e in entries})
-    fig, axes = plt.subplots(1, len(BETAS), figsize=(4.2 * len(BETAS), 4.0), sharey=True)
+    fig, axes = plt.subplots(1, len(BETAS), figsize=(4.2 * len(BETAS), 4.8), sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, beta in zip(axes, BETAS):
         top = _FLOOR
@@ -206,8 +207,9 @@ def write_kl_plot(entries: list[dict], path: Path) -> None:
         ax.set_xlabel("N (samples per prompt)")
         ax.grid(True, which="major", alpha=0.3)
     axes[0].set_ylabel("KL (nats)")
-    axes[-1].legend(fontsize=6, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))  # room for the legend below the panels
     with atomic_writer(path) as handle:
         fig.savefig(handle, format="png", dpi=110)
     plt.close(fig)
