@@ -8,7 +8,7 @@ The functions mirror the `drift-lite` commands one for one (drift_lite/api.py). 
 modules named for them: rollouts, weights, training, evaluation, reporting (pipeline chains them).
 """
 
-from drift_lite.api import check, evaluate, load_recipe, report, rollout, run, train, weight
+from drift_lite.api import check, evaluate, load_recipe, merge, report, rollout, run, train, weight
 from drift_lite.errors import UserError
 from drift_lite.quiet import quiet_known_noise
 from drift_lite.recipe import Recipe, WeightsConfig
@@ -26,6 +26,7 @@ __all__ = [
     "check",
     "evaluate",
     "load_recipe",
+    "merge",
     "report",
     "rollout",
     "run",

@@ -39,14 +39,28 @@ def _recipe(recipe: RecipeLike) -> Recipe:
     return recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
 
 
-def rollout(recipe: RecipeLike, out: PathLike, *, show_progress: bool = True) -> dict:
-    """Sample N multi-turn trajectories per prompt from the reference into a JSONL file (resumable).
+def rollout(
+    recipe: RecipeLike, out: PathLike, *, shard: tuple[int, int] | None = None, show_progress: bool = True
+) -> dict:
+    """Sample N multi-turn trajectories per prompt from the reference into a JSONL file (resumable);
+    `shard=(i, n)`: only the prompts at positions i, i+n, ... (join the parts with `merge`).
 
     >>> dl.rollout("toy", "rollouts.jsonl")  # {'prompts': 256, 'generated_tokens': ..., 'engine': {...}}
     """
     from drift_lite.rollouts import rollout as _rollout
 
-    return _rollout(_recipe(recipe), out, show_progress=show_progress)
+    return _rollout(_recipe(recipe), out, shard=shard, show_progress=show_progress)
+
+
+def merge(parts: Sequence[PathLike], out: PathLike) -> dict:
+    """Join rollout shards into one file in the kit's prompt order, equal to a one-process rollout; refuses a
+    duplicated or missing prompt, an incomplete group, an unfinished part and parts of other settings.
+
+    >>> dl.merge(["part0.jsonl", "part1.jsonl"], "rollouts.jsonl")  # {'prompts': 256, ...}
+    """
+    from drift_lite.shards import merge as _merge
+
+    return _merge(list(parts), out)
 
 
 def weight(
@@ -66,14 +80,16 @@ def weight(
     return weight_file(rollouts, out, settings, show_progress=show_progress, **overrides)
 
 
-def train(recipe: RecipeLike, data: PathLike, out: PathLike, *, show_progress: bool = True) -> dict:
+def train(
+    recipe: RecipeLike, data: PathLike, out: PathLike, *, show_progress: bool = True, force: bool = False
+) -> dict:
     """Weighted SFT of (QLoRA) adapters on the last assistant message of each weighted row (resumable).
 
     >>> dl.train("toy", "weighted.jsonl", "adapter")  # adapter/ loads with PeftModel.from_pretrained
     """
     from drift_lite.training import train as _train
 
-    return _train(_recipe(recipe), data, out, show_progress=show_progress)
+    return _train(_recipe(recipe), data, out, show_progress=show_progress, force=force)
 
 
 def evaluate(

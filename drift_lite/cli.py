@@ -17,13 +17,16 @@ from drift_lite.recipe import WEIGHT_SCHEMES, WeightsConfig
 EXAMPLES = {
     "run": "drift-lite run recipes/toy/drift.yaml --out runs/toy-drift\n"
     "  drift-lite run recipes/toy/drift.yaml --out runs/toy-b2 weights.beta=0.2 seed=1",
-    "rollout": "drift-lite rollout recipes/toy/drift.yaml --out rollouts.jsonl rollout.n_samples=4",
+    "rollout": "drift-lite rollout recipes/toy/drift.yaml --out rollouts.jsonl rollout.n_samples=4\n"
+    "  drift-lite rollout recipes/toy/drift.yaml --out part0.jsonl --shard 0/2   # then --shard 1/2, merge",
+    "merge": "drift-lite merge part0.jsonl part1.jsonl --out rollouts.jsonl",
     "weight": "drift-lite weight rollouts.jsonl weighted.jsonl --gamma 0.9 --beta 0.1 --drop-failed-groups",
     "train": "drift-lite train recipes/toy/drift.yaml --data weighted.jsonl --out adapter train.lr=1e-3",
     "eval": "drift-lite eval recipes/toy/drift.yaml --adapter runs/toy-drift/adapter --out eval-trained",
     "report": "drift-lite report runs/toy-drift runs/toy-sft --out reports/compare",
     "check": "drift-lite check recipes/paper/qwen2.5-3b-metamathqa.yaml",
     "compare": "drift-lite compare recipes/toy/compare.yaml --out runs/compare",
+    "theory": "drift-lite theory --out runs/theory",
 }
 
 
@@ -61,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     recipe_args(p)
     p.add_argument("--out", required=True, help="rollouts JSONL file")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="play only shard I of N (I from 0: prompts at positions I, I+N, ...); join parts with `merge`",
+    )
+
+    p = add("merge", "Join rollout shards (`rollout --shard I/N`) into one file in the kit's prompt order.")
+    p.add_argument("parts", nargs="+", metavar="PART", help="one file per shard 0..N-1, in any order")
+    p.add_argument("--out", required=True, help="the merged rollouts JSONL file")
 
     p = add("weight", "Returns and per-prompt self-normalized weights: IN rows plus `return` and `weight`.")
     p.add_argument("input", metavar="IN", help="rollouts JSONL (the release's schema)")
@@ -92,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     p = add("train", "Weighted SFT of (QLoRA) adapters on the last assistant message of each trajectory.")
     recipe_args(p)
     p.add_argument("--data", required=True, help="weighted JSONL (from `drift-lite weight`)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="train rows sampled from another model than the recipe's, or text its tokenizer cannot encode",
+    )
     p.add_argument("--out", required=True, help="adapter folder (checkpoints inside; a rerun resumes)")
 
     p = add("eval", "Multi-turn evaluation of the reference model or reference + adapter.")
@@ -105,6 +122,13 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("check", "Validate a recipe, resolve its data and print the plan (sizes, tokens, memory, time).")
     recipe_args(p)
+
+    p = add(
+        "theory",
+        "Bandits with a known pi_ref: pi*, Soft Best-of-N, a policy trained with the kit's weights and loss.",
+    )
+    p.add_argument("--out", required=True, help="folder for theory.json, theory.md and theory-kl.png")
+    p.add_argument("--tiny", action="store_true", help="a few seconds: fewer prompts, N and steps (tests)")
 
     p = add(
         "compare",
@@ -133,8 +157,8 @@ def _check_out(args: argparse.Namespace) -> None:
     """Refuse an output path that cannot be written, before any model loads (one line, nothing created)."""
     from drift_lite.files import check_output_path, check_writable_dir
 
-    if args.command in ("rollout", "weight"):  # a file: its folder must exist and take a new file
-        out = args.out if args.command == "rollout" else args.output
+    if args.command in ("rollout", "weight", "merge"):  # a file: its folder must exist and take a new file
+        out = args.output if args.command == "weight" else args.out
         folder = os.path.dirname(out) or "."
         if os.path.lexists(folder) and not os.path.isdir(folder):
             raise UserError(f"{out}: '{folder}' is not a folder")
@@ -161,6 +185,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         _check_out(args)
         print(dl.report(args.runs, args.out))
         return 0
+    if args.command == "merge":
+        stats = dl.merge(args.parts, args.out)
+        print(" ".join(f"{k}={v}" for k, v in stats.items()))
+        return 0
+    if args.command == "theory":
+        from pathlib import Path
+
+        from drift_lite.theory import run_theory
+
+        summary = run_theory(Path(args.out), tiny=args.tiny, show_progress=show)
+        print(f"{summary['md']} ({summary['wall_s']:.0f} s)")
+        return 0
     if args.command == "compare":
         from drift_lite.compare import compare, write_results
 
@@ -175,11 +211,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         dl.run(recipe, args.out, force=args.force, show_progress=show, recipe_path=args.recipe)
     elif args.command == "rollout":
-        stats = dl.rollout(recipe, args.out, show_progress=show)
+        from drift_lite.shards import parse_shard
+
+        shard = parse_shard(args.shard) if args.shard is not None else None
+        stats = dl.rollout(recipe, args.out, shard=shard, show_progress=show)
         print(" ".join(f"{k}={v}" for k, v in stats.items() if not isinstance(v, (dict, list))))
     elif args.command == "train":
-        stats = dl.train(recipe, args.data, args.out, show_progress=show)
-        print(" ".join(f"{k}={v}" for k, v in stats.items() if not isinstance(v, (dict, list))))
+        stats = dl.train(recipe, args.data, args.out, show_progress=show, force=args.force)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch: one summary line
+            print(" ".join(f"{k}={v}" for k, v in stats.items() if not isinstance(v, (dict, list))))
     elif args.command == "eval":
         import json
 

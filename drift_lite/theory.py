@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from drift_lite.errors import UserError
 from drift_lite.files import atomic_writer, write_json_atomic
-from drift_lite.train import IGNORE, sequence_nll, step_denominator, weighted_loss
+from drift_lite.loss import IGNORE, sequence_nll, step_denominator, weighted_loss
 from drift_lite.weights import group_weights
 
 NS = (2, 4, 8, 16, 64)

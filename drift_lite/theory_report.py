@@ -78,7 +78,7 @@ def theory_markdown(entries: list[dict], context: dict) -> str:
         "- **SBoN_N** (Soft Best-of-N): draw N answers from π_ref, keep one with probability ∝ exp(R/β). "
         "Computed exactly by enumerating every count vector of N draws over K answers.",
         "- **trained**: a softmax policy (one logit vector per prompt, started at π_ref) trained with the "
-        "kit's own weights (`drift_lite.weights.group_weights`) and loss (`drift_lite.train.sequence_nll`, "
+        "kit's own weights (`drift_lite.weights.group_weights`) and loss (`drift_lite.loss.sequence_nll`, "
         "`weighted_loss`, `normalize: mean`) on groups of N answers drawn from π_ref.",
         f"  - `fresh`: {schedule.fresh_groups} new groups of N per prompt every step, {schedule.fresh_steps} "
         f"Adam steps, learning rate decaying geometrically from {schedule.fresh_lr} to "

@@ -34,8 +34,10 @@ ESTIMATE_SEED, SAMPLE_SEED = 101, 202  # added to recipe.seed: π_ref's estimate
 def first_turns(model, tokenizer, recipe, problems, samples: int, seed: int, show_progress: bool = True):
     """Per problem: a Counter of first-turn answers over `samples` draws, and each answer's return."""
     from drift_lite import chat
+    from drift_lite.engine_turn import generate_turn
     from drift_lite.env import Episode
-    from drift_lite.rollout import Sampling, episode_settings, generate_turn, load_shots, trajectory_key
+    from drift_lite.rollouts import episode_settings, load_shots
+    from drift_lite.sampling import Sampling, trajectory_key
     from drift_lite.tasks import checker_for, feedback_for
 
     env, shots = episode_settings(recipe), load_shots(recipe)
@@ -56,7 +58,7 @@ def first_turns(model, tokenizer, recipe, problems, samples: int, seed: int, sho
             episode.step(text)
             arm = episode.answer_norms[0] if episode.answer_norms else NO_ANSWER
             counts[i][arm] += 1
-            returns[i][arm] = trajectory_return(episode.to_row(), recipe.weights.gamma, env.repeat_coef)
+            returns[i][arm] = trajectory_return(episode.to_row(), recipe.weights)
         bar.update(len(batch))
     bar.close()
     return counts, returns

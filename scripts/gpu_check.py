@@ -193,7 +193,7 @@ def check_training(folder: Path, recipe, work: Path, device: str) -> dict:
     data = work / "weighted.jsonl"
     write_rows_atomic(data, rows)
     with Peak(device) as peak:
-        summary = train(recipe, data, work / "adapter", show_progress=False)
+        summary = train(recipe, data, work / "adapter", show_progress=False, force=True)  # synthetic rows
     parts = p.memory["training"]
     estimate = parts["total"]
     return {
