@@ -24,6 +24,7 @@ from drift_lite.episodes import play_episodes
 from drift_lite.errors import UserError
 from drift_lite.files import exclusive_lock, read_json, write_json_atomic
 from drift_lite.jobs import Job, Shots, make_jobs
+from drift_lite.records_resume import read_complete_groups
 from drift_lite.sampling import Sampling
 from drift_lite.shards import (
     check_shard,
@@ -210,11 +211,10 @@ def _sample(
     show_progress: bool,
 ) -> dict:
     """Play the jobs of the prompts not yet in `out_path` and append their groups (under the file's lock)."""
-    from drift_lite import records
 
     n, shard = recipe.rollout.n_samples, shard_of(meta)
     fp_path = fingerprint_path(out_path)
-    done_ids = {row["prompt_id"] for row in records.read_complete_groups(out_path, n)}
+    done_ids = {row["prompt_id"] for row in read_complete_groups(out_path, n)}
     write_json_atomic(fp_path, {**meta, "complete": False})
     todo = [p for p in problems if p.id not in done_ids]
     jobs = [job for job in jobs if job.episode.problem.id not in done_ids]

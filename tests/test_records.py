@@ -15,10 +15,10 @@ from drift_lite.records import (
     RowAppender,
     dumps_row,
     iter_rows,
-    read_complete_groups,
     validate_row,
     write_rows_atomic,
 )
+from drift_lite.records_resume import read_complete_groups
 
 DATA = Path(__file__).parent / "data"
 FIXTURES = [DATA / "release_rows_full.jsonl", DATA / "release_rows_simple.jsonl"]
