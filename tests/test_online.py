@@ -259,3 +259,47 @@ def test_train_online_writes_the_layout_and_curve_metrics_recompute(tiny, tmp_pa
             assert row["mean_reward"] == sum(e["reward"] for e in mine) / len(mine)
     again = online.train_online(recipe, out, show_progress=False)
     assert again.get("skipped") is True
+
+
+def test_generate_then_update_on_nf4_gives_the_gradients_of_a_never_evaluated_copy(tiny):
+    """The loop alternates sampling and updates: on a CPU with AVX512-BF16, bitsandbytes' repacking after a
+    generate would corrupt later LoRA gradients unless models.py turns it off."""
+    from drift_lite.models import load_model, load_tokenizer, prepare_for_training
+    from drift_lite.rollout import Sampling, make_jobs
+    from drift_lite.train import WeightedCollator
+
+    recipe = small_recipe(tiny, "train.finetune=qlora", "train.lora_dropout=0.0")
+    tokenizer = load_tokenizer(tiny, recipe.model)
+    world = online._World(recipe)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = load_model(tiny, recipe.model, train=recipe.train)
+        model = prepare_for_training(model, recipe.train, recipe.model)
+        for p in model.parameters():  # move the adapter off its zero init, so the KL term is not flat
+            if p.requires_grad:
+                p.data.add_(0.05)
+        return model
+
+    played = fresh()
+    jobs = make_jobs(world.train[:2], 2, 0, world.checker, world.env, world.shots, world.feedback)
+    finished, generated = online._play(played, tokenizer, jobs, Sampling(max_new_tokens=8), recipe, 4)
+    assert generated > 0
+    examples = [
+        episode_example(tokenizer, j.episode.to_row()["messages"], a, "tiny", i)
+        for i, (j, a) in enumerate(zip(finished, [1.0, -0.5, 0.25, -0.75]))
+    ]
+    batch = WeightedCollator(tokenizer.pad_token_id)(
+        [{"input_ids": e.input_ids, "labels": e.labels, "weight": e.weight} for e in examples]
+    )
+    never = fresh()
+    grads = []
+    for model in (played, never):
+        model.train()
+        loss, _ = micro_batch_loss(model, batch, 10, 0.5)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
+    assert any(g.abs().sum() > 0 for g in grads[0].values())
