@@ -181,7 +181,10 @@ def load_run(run_dir: str | Path) -> RunSummary:
         "eval-trained/": "trained" in run.evals,
         "timings.json": run.timings is not None,
     }
-    run.missing = [name for name in EXPECTED if not present[name]]
+    if (path / "online" / "curve.jsonl").is_file():  # an online RL run: no rollout, weights or SFT log
+        for name in EXPECTED[1:5]:  # rollouts, weighted rows, their diagnostics, the SFT log
+            present.pop(name)
+    run.missing = [name for name in EXPECTED if not present.get(name, True)]
     if not any(present.values()) and not run.evals:
         raise UserError(f"{path}: not a run directory (none of {', '.join(EXPECTED)} found)")
     return run
