@@ -154,7 +154,7 @@ def _pickle_only(tiny: str, root: Path, corrupt: bool) -> Path:
     shutil.copytree(tiny, folder)
     weights = folder / "model.safetensors"
     if corrupt:
-        (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not a pickle at all" * 10)
+        (folder / "pytorch_model.bin").write_bytes(b"\x80\x02not a pickle at all" * 10)
     else:
         torch.save(load_file(weights), folder / "pytorch_model.bin")
     weights.unlink()
@@ -213,7 +213,7 @@ def test_adapters_load_and_bad_ones_are_one_line(tiny, tmp_path):
         folder = tmp_path / f"bin-{corrupt}"
         shutil.copytree(adapter, folder)
         if corrupt:
-            (folder / "adapter_model.bin").write_bytes(b"\x80\x04garbage" * 10)
+            (folder / "adapter_model.bin").write_bytes(b"\x80\x02garbage" * 10)
         else:
             torch.save(load_file(folder / "adapter_model.safetensors"), folder / "adapter_model.bin")
         (folder / "adapter_model.safetensors").unlink()
