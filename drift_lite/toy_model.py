@@ -4,6 +4,11 @@ The corpus is written by a noisy scripted solver of the toy tasks (`drift_lite.t
 through `drift_lite.env.Episode` (simple mode, no shots), so the model sees exactly the prompts, feedback and
 re-formatted assistant turns the kit's rollouts produce; the loss is on assistant tokens only.
 
+The default build (`ToyConfig()`) ships in the package (`drift_lite/data/toy/<cache key>/`, ~2 MB) so the
+demo starts at once; other `toy.*` settings are built from the seed into the cache. Rebuild the shipped
+folder after an edit to the corpus, solver, tokenizer or training loop: `python -m drift_lite.toy_model
+--ship` (`make toy-model`).
+
 The solver's errors are systematic by problem class, so greedy decoding (the mode) shows them too; each
 decision sits on one token:
 - the carry token after the tens digits ("+1" carries, "+0" drops the carry and repeats the old slip);
@@ -17,6 +22,7 @@ tokens, so the feedback and an earlier untagged answer are easy for the 2-layer 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -47,6 +53,9 @@ from drift_lite.toy_tokenizer import (
 CORPUS_VERSION = "toy-corpus-3"  # bump when the solver, corpus, tokenizer or training loop changes
 MAX_NEW_TOKENS = 40  # per turn; the longest scripted turn is 35 tokens (an untagged choice answer)
 BUILD_INFO = "toy_build.json"
+WEIGHTS = "model.safetensors"
+SHIPPED_ROOT = Path(__file__).resolve().parent / "data" / "toy"  # the default build, in the package
+SHIP_COMMAND = "python -m drift_lite.toy_model --ship"
 # Letters that occur in no other assistant text (the prompt's words are phrase tokens), so a later turn
 # sees at a glance that an earlier one dropped the tags.
 BARE_PREFIX = "answer: "
@@ -293,16 +302,40 @@ def cache_key(cfg: ToyConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
+def corpus_fingerprint(cfg: ToyConfig, n: int = 64) -> str:
+    """sha256 of the token ids and masks of the first `n` corpus conversations for `cfg.seed`: it changes with
+    the solver, the task text, the chat template or the tokenizer, even where `cache_key` does not."""
+    examples = encode(folder_tokenizer(), corpus(cfg.seed, n, cfg.per_problem))
+    return hashlib.sha256(json.dumps(examples, separators=(",", ":")).encode()).hexdigest()
+
+
+def shipped_toy_model(cfg: ToyConfig) -> Path | None:
+    """The build shipped in the package for `cfg` (the default settings only), or None."""
+    folder = SHIPPED_ROOT / cache_key(cfg)
+    return folder if (folder / BUILD_INFO).is_file() else None
+
+
 def ensure_toy_model(cfg: ToyConfig, cache_root: Path) -> Path:
-    """The folder of the toy reference model and tokenizer for `cfg`, built (atomically) if missing."""
+    """The folder of the toy reference model and tokenizer for `cfg`: the shipped one for the default
+    settings, else cache_root/toy-<key>, built (atomically) if missing."""
+    shipped = shipped_toy_model(cfg)
+    if shipped is not None:
+        return shipped
     final = Path(cache_root) / f"toy-{cache_key(cfg)}"
-    if (final / BUILD_INFO).is_file():
-        return final
+    return final if (final / BUILD_INFO).is_file() else _build_atomically(cfg, final)
+
+
+def _build_atomically(cfg: ToyConfig, final: Path, clear: bool = False) -> Path:
+    """Build `cfg` in a temporary sibling of `final`, then rename it into place (`clear`: first remove the
+    other finished builds beside it)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         build_toy_model(cfg, tmp)
+        for old in final.parent.iterdir() if clear else []:
+            if old.is_dir() and not old.name.startswith("."):
+                shutil.rmtree(old)
         try:
             tmp.rename(final)
         except OSError:  # another process finished the same build first: keep its folder
@@ -379,9 +412,28 @@ def build_toy_model(cfg: ToyConfig, out_dir: Path) -> dict:
             "build_seconds": round(time.perf_counter() - started, 2),
             "max_new_tokens": MAX_NEW_TOKENS,
             "torch": torch.__version__,
+            "corpus_sha256": corpus_fingerprint(cfg),
+            "weights_sha256": hashlib.sha256((out_dir / WEIGHTS).read_bytes()).hexdigest(),
         }
         # Written last: its presence marks a complete folder.
         (out_dir / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
         return info
     finally:
         torch.set_num_threads(threads)
+
+
+def ship(root: Path = SHIPPED_ROOT) -> Path:
+    """Rebuild the default build into root/<cache key>, replacing the shipped build; returns the folder."""
+    return _build_atomically(ToyConfig(), Path(root) / cache_key(ToyConfig()), clear=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m drift_lite.toy_model --ship`: rebuild the shipped default build from its seed."""
+    parser = argparse.ArgumentParser(prog="python -m drift_lite.toy_model", description=main.__doc__)
+    parser.add_argument("--ship", action="store_true", required=True, help=f"rebuild {SHIPPED_ROOT}/<key>")
+    info = json.loads((ship() / BUILD_INFO).read_text()) if parser.parse_args(argv).ship else {}
+    print(f"{SHIPPED_ROOT}/{info['cache_key']}: weights sha256 {info['weights_sha256']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -12,12 +12,14 @@ import torch
 from drift_lite.errors import UserError
 from drift_lite.models import (
     adapter_base,
+    announce_remote_code,
     cache_root,
     check_adapter_base,
     load_model,
     load_tokenizer,
     prepare_for_training,
     resolve_model_path,
+    same_base,
 )
 from drift_lite.recipe import ModelConfig, ToyConfig, TrainConfig
 from drift_lite.toy_tokenizer import build_toy_tokenizer
@@ -59,13 +61,29 @@ def test_cache_root_follows_env(monkeypatch, tmp_path):
     assert cache_root() == Path.home() / ".cache" / "drift-lite"
 
 
-def test_resolve_local_folder_hub_id_and_missing_paths(tiny, tmp_path):
+@pytest.fixture
+def hub_state(monkeypatch):
+    """Restore huggingface_hub's offline switch (resolve_hub_id turns it on for the process) and clear the
+    environment's offline variables."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    return constants
+
+
+def test_resolve_local_folder_hub_id_and_missing_paths(tiny, tmp_path, monkeypatch, hub_state):
+    from drift_lite.tasks import loading
+
     toy = ToyConfig()
     assert resolve_model_path(ModelConfig(name=tiny), toy) == str(Path(tiny).resolve())
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: True)  # as on a machine with network
     assert (
         resolve_model_path(ModelConfig(name="Qwen/Qwen2.5-0.5B-Instruct"), toy)
         == "Qwen/Qwen2.5-0.5B-Instruct"
     )
+    assert not hub_state.HF_HUB_OFFLINE
     for missing in ["./no-such-model", "/no/such/model", "~/no-such-drift-model"]:
         with pytest.raises(UserError, match="model path not found: "):
             resolve_model_path(ModelConfig(name=missing), toy)
@@ -73,6 +91,151 @@ def test_resolve_local_folder_hub_id_and_missing_paths(tiny, tmp_path):
     afile.write_text("x")
     with pytest.raises(UserError, match="not a folder"):
         resolve_model_path(ModelConfig(name=str(afile)), toy)
+
+
+def test_a_hub_id_with_no_network_is_one_line_within_seconds(monkeypatch, hub_state):
+    """No HF_HUB_OFFLINE, a hub endpoint that refuses connections (what a machine without network sees): one
+    probe, then one line, instead of ~46 s of retries; the process reads only the local cache from then on."""
+    import time
+
+    monkeypatch.setattr(hub_state, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once
+    started = time.perf_counter()
+    with pytest.raises(UserError) as err:
+        resolve_model_path(ModelConfig(name="someone/no-such-drift-model"), ToyConfig())
+    assert time.perf_counter() - started < 10
+    message = str(err.value)
+    assert "no such local folder, and the hub is not reachable" in message and "\n" not in message
+    assert hub_state.HF_HUB_OFFLINE  # transformers/peft now skip the network
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="no such local folder, and HF_HUB_OFFLINE is set"):
+        resolve_model_path(ModelConfig(name="someone/no-such-drift-model"), ToyConfig())
+
+
+def test_a_hub_id_in_the_local_cache_resolves_offline(monkeypatch, hub_state, tmp_path, tiny):
+    """Offline, a model downloaded before (in the hub cache layout) still resolves and loads."""
+    import shutil
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--tiny" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny, snapshot)
+    (cache / "models--someone--tiny" / "refs").mkdir()
+    (cache / "models--someone--tiny" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(hub_state, "HF_HUB_CACHE", str(cache))
+    import huggingface_hub.file_download as fd
+
+    monkeypatch.setattr(fd, "HF_HUB_CACHE", str(cache), raising=False)
+    name = resolve_model_path(ModelConfig(name="someone/tiny"), ToyConfig())
+    assert name == "someone/tiny"
+    model = load_model(
+        name,
+        ModelConfig(name=name, device="cpu"),
+    )
+    assert model.config.model_type == "qwen2"
+
+
+def test_remote_code_is_announced_once_on_stderr(capsys):
+    assert not announce_remote_code(ModelConfig(name="a/model"))
+    assert capsys.readouterr().err == ""
+    assert announce_remote_code(ModelConfig(name="remote/code-model", trust_remote_code=True))
+    err = capsys.readouterr().err
+    assert "trust_remote_code" in err and "remote/code-model" in err and err.count("\n") == 1
+    assert announce_remote_code(ModelConfig(name="remote/code-model", trust_remote_code=True))
+    assert capsys.readouterr().err == ""  # once per process
+
+
+def _pickle_only(tiny: str, root: Path, corrupt: bool) -> Path:
+    """A copy of `tiny` whose weights are a pytorch_model.bin (a real state dict, or garbage) only."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = root / ("bad-pickle" if corrupt else "pickle")
+    shutil.copytree(tiny, folder)
+    weights = folder / "model.safetensors"
+    if corrupt:
+        (folder / "pytorch_model.bin").write_bytes(b"\x80\x02not a pickle at all" * 10)
+    else:
+        torch.save(load_file(weights), folder / "pytorch_model.bin")
+    weights.unlink()
+    return folder
+
+
+def test_pickle_only_models_are_refused_unless_allowed(tiny, tmp_path):
+    from dataclasses import dataclass
+
+    for corrupt in (False, True):
+        folder = _pickle_only(tiny, tmp_path, corrupt)
+        with pytest.raises(UserError) as err:
+            load_model(str(folder), ModelConfig(name=str(folder), device="cpu"))
+        message = str(err.value)
+        assert "only pickle weights (pytorch_model.bin)" in message and "model.allow_pickle" in message
+        assert "\n" not in message
+
+    @dataclass
+    class Allowing(ModelConfig):  # the recipe key the lead adds to ModelConfig
+        allow_pickle: bool = True
+
+    good = tmp_path / "pickle"
+    model = load_model(str(good), Allowing(name=str(good), device="cpu"))
+    assert model.config.model_type == "qwen2"
+    bad = tmp_path / "bad-pickle"
+    with pytest.raises(UserError) as err:  # allowed, but corrupt: one line, not a traceback
+        load_model(str(bad), Allowing(name=str(bad), device="cpu"))
+    assert str(err.value).startswith(f"cannot load model {bad}: ") and "\n" not in str(err.value)
+
+
+def _save_adapter(base: str, out: Path) -> Path:
+    from peft import LoraConfig, get_peft_model
+
+    model = load_model(base, ModelConfig(name=base, device="cpu"))
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+def test_adapters_load_and_bad_ones_are_one_line(tiny, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    cfg = ModelConfig(name=tiny, device="cpu")
+    adapter = _save_adapter(tiny, tmp_path / "adapter")
+    assert type(load_model(tiny, cfg, adapter=str(adapter))).__name__.startswith("Peft")
+
+    def refused(folder: Path, *needles: str) -> None:
+        with pytest.raises(UserError) as err:
+            load_model(tiny, cfg, adapter=str(folder))
+        assert "\n" not in str(err.value) and all(n in str(err.value) for n in needles), str(err.value)
+
+    refused(tmp_path, "no adapter_config.json")
+    for corrupt in (False, True):
+        folder = tmp_path / f"bin-{corrupt}"
+        shutil.copytree(adapter, folder)
+        if corrupt:
+            (folder / "adapter_model.bin").write_bytes(b"\x80\x02garbage" * 10)
+        else:
+            torch.save(load_file(folder / "adapter_model.safetensors"), folder / "adapter_model.bin")
+        (folder / "adapter_model.safetensors").unlink()
+        refused(folder, "only pickle weights (adapter_model.bin)")
+    broken = tmp_path / "broken"
+    shutil.copytree(adapter, broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    refused(broken, "cannot load adapter")
+    other = make_tiny_model(tmp_path / "wider", hidden=32)
+    wider = _save_adapter(str(other), tmp_path / "other-adapter")
+    refused(wider, "does not fit this base model", "size mismatch")
+
+
+def test_two_folders_of_one_toy_build_are_the_same_base(tmp_path):
+    from drift_lite.toy_model import BUILD_INFO
+
+    for name, key in (("a", "k1"), ("b", "k1"), ("c", "k2")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / BUILD_INFO).write_text(json.dumps({"cache_key": key}))
+    assert same_base(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert not same_base(str(tmp_path / "a"), str(tmp_path / "c"))
+    assert not same_base(str(tmp_path / "a"), str(tmp_path / "nothing"))
 
 
 def test_smollm2_without_package_says_how_to_install(monkeypatch, tmp_path):

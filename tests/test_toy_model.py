@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import random
 
@@ -156,3 +158,42 @@ def test_cache_key_follows_settings_and_corpus_version(monkeypatch, tmp_path):
     after = toy_model.cache_key(TINY)
     monkeypatch.setattr(toy_model, "BARE_PREFIX", "so: ")  # an edit to the corpus without a version bump
     assert toy_model.cache_key(TINY) != after
+
+
+def test_the_shipped_build_is_the_default_build_of_this_corpus(tmp_path):
+    """The package ships the default build; editing the corpus, solver, tokenizer or settings without
+    rebuilding it fails here."""
+    cfg = ToyConfig()
+    key = toy_model.cache_key(cfg)
+    rebuild = f"rebuild it: {toy_model.SHIP_COMMAND}"
+    folder = toy_model.shipped_toy_model(cfg)
+    assert folder is not None, f"no shipped build for key {key} in {toy_model.SHIPPED_ROOT}: {rebuild}"
+    shipped = [p.name for p in toy_model.SHIPPED_ROOT.iterdir() if not p.name.startswith("__")]
+    assert shipped == [key], f"stale shipped builds {shipped}: {rebuild}"
+    info = json.loads((folder / toy_model.BUILD_INFO).read_text())
+    assert info["cache_key"] == key and info["toy"] == dataclasses.asdict(cfg), rebuild
+    assert info["version"] == toy_model.CORPUS_VERSION, rebuild
+    assert info["corpus_sha256"] == toy_model.corpus_fingerprint(cfg), f"the corpus changed: {rebuild}"
+    weights = folder / toy_model.WEIGHTS
+    assert info["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert weights.stat().st_size < 4_000_000  # fp32, ~0.5M parameters
+    from transformers import AutoTokenizer
+
+    text = build_toy_tokenizer().apply_chat_template(toy_model.corpus(seed=1, n=3), tokenize=False)
+    assert (
+        AutoTokenizer.from_pretrained(folder)(text, add_special_tokens=False)["input_ids"]
+        == toy_model.folder_tokenizer()(text, add_special_tokens=False)["input_ids"]
+    ), f"the shipped tokenizer differs: {rebuild}"
+    # the default settings use the shipped folder and build nothing; other settings are built into the cache
+    assert toy_model.ensure_toy_model(cfg, tmp_path) == folder and not list(tmp_path.iterdir())
+    built = toy_model.ensure_toy_model(TINY, tmp_path)
+    assert built.parent == tmp_path and (built / toy_model.BUILD_INFO).is_file()
+
+
+@pytest.mark.slow
+def test_a_build_from_the_seed_is_byte_identical_to_the_shipped_one(tmp_path):
+    """Minutes: the default build, from its seed, gives the shipped weights bit for bit (torch threads fixed
+    by toy.threads)."""
+    info = toy_model.build_toy_model(ToyConfig(), tmp_path / "build")
+    shipped = json.loads((toy_model.shipped_toy_model(ToyConfig()) / toy_model.BUILD_INFO).read_text())
+    assert info["weights_sha256"] == shipped["weights_sha256"], f"rebuild: {toy_model.SHIP_COMMAND}"
