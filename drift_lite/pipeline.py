@@ -117,7 +117,11 @@ def run(
     >>> run(load_recipe("recipes/toy/drift.yaml"), "runs/toy-drift")
     """
 
+    from drift_lite import models
+
     root = Path(out_dir)
+    # the model first: a name that is neither a local folder nor reachable fails before --out is touched
+    models.resolve_model_path(recipe.model, recipe.toy)
     if root.exists() and not root.is_dir():
         raise UserError(f"{root}: exists and is not a folder")
     try:

@@ -19,7 +19,8 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     quantization: str = "none"  # none | nf4
     device: str = "auto"  # auto | cpu | cuda
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # runs the model repository's own code: announced on stderr
+    allow_pickle: bool = False  # load .bin/.pt weights (unpickling can run code); safetensors only by default
 
 
 @dataclass
