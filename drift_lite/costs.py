@@ -355,9 +355,13 @@ def training_hours(arch: Arch, recipe, rows: int, row_tokens: tuple[float, float
 # Online RL (see the module docstring)
 
 
-def policy_model(model):
-    """The model settings online RL generates with: the training model, non-quantized parts upcast to fp32."""
-    return dataclasses.replace(model, dtype="float32") if model.quantization == "nf4" else model
+def policy_model(model, train):
+    """The model settings online RL generates with: the training model (train.finetune decides the
+    quantization, as `models.load_model` does: qlora is nf4 with the rest upcast to fp32; lora keeps
+    model.dtype unquantized)."""
+    if train.finetune == "qlora":
+        return dataclasses.replace(model, dtype="float32", quantization="nf4")
+    return dataclasses.replace(model, quantization="none")
 
 
 def online_memory(
@@ -369,7 +373,7 @@ def online_memory(
     optimizer = arch.lora_params(t.lora_r, t.target_modules) * 16
 
     def played(batch: int, lens: Lengths) -> dict[str, float]:
-        parts = generation_memory(arch, policy_model(recipe.model), batch, lens)
+        parts = generation_memory(arch, policy_model(recipe.model, recipe.train), batch, lens)
         parts["LoRA, grads, AdamW"] = optimizer
         parts["total"] = total_of(parts)
         return parts
@@ -415,7 +419,7 @@ def online_hours(
 ) -> dict[str, tuple[float, float]]:
     """(low, high) hours of one online run's phases over all iterations: playing, updating, the curve."""
     o, r = recipe.online, recipe.rollout
-    policy = policy_model(recipe.model)
+    policy = policy_model(recipe.model, recipe.train)
     play = generation_hours(
         arch, policy, o.prompts * o.samples, r.batch_size, r.max_new_tokens, roll_len, True
     )

@@ -416,8 +416,9 @@ def format_plan(recipe, p: Plan) -> str:
         "evaluation": f"batch {ev.batch_size} x {p.eval_lengths.context} tokens",
     }
     if recipe.algorithm == "online_rl":
-        batches["curve evaluation"] = f"the policy, {batches['evaluation']}, fp32 KV, AdamW state kept"
-        batches["rollout"] = f"the policy plays, {batches['rollout']}, fp32 KV, AdamW state kept"
+        kv = f"{policy_model(m, tr).dtype} KV, AdamW state kept"
+        batches["curve evaluation"] = f"the policy, {batches['evaluation']}, {kv}"
+        batches["rollout"] = f"the policy plays, {batches['rollout']}, {kv}"
         batches["training"] = (
             f"online update, micro-batch {recipe.online.micro_batch} x {p.train_seq} tokens, all turns scored"
             f"{checkpointed}"
@@ -444,7 +445,7 @@ def format_plan(recipe, p: Plan) -> str:
             f"  per iteration {per[0] * 60:.1f}-{per[1] * 60:.1f} min (playing and update); "
             f"{curve_points(o)} curve evaluations of {min(o.eval_size, p.eval_sets[0][1].planned)} problems"
         )
-        m = policy_model(m)  # the policy generates as training holds it
+        m = policy_model(m, tr)  # the policy generates as training holds it
     mean_context = p.rollout_lengths.mean_prompt + r.max_new_tokens / 2
     step = step_seconds(a, m, r.batch_size, mean_context, True)  # as generation_hours takes it
     lines.append(

@@ -233,3 +233,13 @@ def test_online_hours_scale_with_iterations():
     assert one["online rollouts"][0] == pytest.approx(2 * half["online rollouts"][0])
     assert one["online updates"][1] == pytest.approx(2 * half["online updates"][1])
     assert all(low < high for low, high in one.values())
+
+
+def test_the_policy_generates_as_the_training_model_is_loaded():
+    """train.finetune decides the policy's weights (models.load_model), not model.quantization."""
+    toy = load_recipe(ROOT / "recipes" / "toy" / "drift.yaml")  # reference unquantized fp32, training qlora
+    policy = costs.policy_model(toy.model, toy.train)
+    assert (policy.quantization, policy.dtype) == ("nf4", "float32")
+    paper = load_recipe(PAPER_ONLINE, ["train.finetune=lora"])
+    policy = costs.policy_model(paper.model, paper.train)
+    assert (policy.quantization, policy.dtype) == ("none", "bfloat16")
