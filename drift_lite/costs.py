@@ -27,6 +27,17 @@ Generation (rollouts, evaluation; inference mode, no adapter merge):
   turn re-reads the conversation (no cache reuse across turns), so prefill holds the KV of the longest
   prompt plus one layer's MLP intermediates (~(3I + 4h) per token) and a B·T² boolean mask; decoding then
   grows the cache to the full context. The peak counts the larger of prefill and the end of decoding.
+Online RL (`algorithm: online_rl`, online.py): one model, prepared for training as above, both plays and
+learns, so its AdamW state stays allocated while it generates:
+- rollout (the policy = nf4 base + LoRA): generation as above with the weights as training holds them
+  (embeddings, norms and lm_head upcast to fp32, so the residual stream and the KV cache are fp32) plus the
+  LoRA/AdamW bytes.
+- update: training as above with `online.micro_batch` rows of a whole episode, every assistant turn scored
+  (K = micro_batch x max_turns x (max_new_tokens + 1)); besides the policy's 3 fp32 K x V copies, a KL term
+  adds the reference's log-softmax, exp(logp), logp - ref and its gradient: 7 copies (counted, not measured).
+- time per iteration: playing prompts x samples episodes with the policy; the update over the kept groups'
+  episodes: 6P FLOPs per token for the policy (forward, recomputation, input gradients) + 2P for the
+  reference's forward when kl_coef > 0; then the curve's greedy evaluations every `eval_every` iterations.
 On a GPU the total adds 10% allocator fragmentation and 0.5 GiB of CUDA context and cuBLAS workspace.
 
 Lengths: the first prompt (system + worked examples + instruction + problem + chat template) is measured by
@@ -38,6 +49,7 @@ below; they are rough (a factor of ~2 either way).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,9 +208,21 @@ def lengths(
     return Lengths(prompt, prompt + max_new, first, first_mean)
 
 
-def training_memory(arch: Arch, recipe, seq_len: int, *, checkpointing: bool) -> dict[str, float]:
-    """Peak memory of one training micro-batch by part, plus `total` (see the module docstring)."""
+def training_memory(
+    arch: Arch,
+    recipe,
+    seq_len: int,
+    *,
+    checkpointing: bool,
+    batch: int | None = None,
+    scored: int | None = None,
+    logit_copies: int = 3,
+) -> dict[str, float]:
+    """Peak memory of one training micro-batch by part, plus `total` (see the module docstring); `batch`
+    (default train.batch_size), `scored` positions (default: the last turn, or all turns with target all)
+    and fp32 `logit_copies` of K x V are set by the online update."""
     t, act_bytes = recipe.train, _dtype_bytes(recipe.model.dtype)
+    batch = t.batch_size if batch is None else batch
     unquantized = arch.embedding_params() + arch.small_params()
     parts: dict[str, float] = {}
     if t.finetune == "qlora":
@@ -211,17 +235,18 @@ def training_memory(arch: Arch, recipe, seq_len: int, *, checkpointing: bool) ->
         parts["LoRA, grads, AdamW"] = arch.lora_params(t.lora_r, t.target_modules) * 16
     else:
         parts["weights, grads, AdamW"] = arch.total_params() * act_bytes * 4
-    tokens = t.batch_size * seq_len
+    tokens = batch * seq_len
     layer = tokens * (14 * arch.hidden + 3 * arch.intermediate + seq_len) * act_bytes
     if checkpointing:
         parts["layer inputs"] = arch.layers * tokens * arch.hidden * act_bytes
         parts["recomputed layer"] = layer + 2 * tokens * arch.hidden * act_bytes  # + gradients in flight
     else:
         parts["activations"] = arch.layers * layer
-    scored = t.batch_size * (recipe.rollout.max_new_tokens + 1)
-    if t.target == "all":
-        scored *= recipe.env.max_turns
-    parts["logits"] = 3 * min(scored, tokens) * arch.vocab * 4
+    if scored is None:
+        scored = (
+            batch * (recipe.rollout.max_new_tokens + 1) * (recipe.env.max_turns if t.target == "all" else 1)
+        )
+    parts["logits"] = logit_copies * min(scored, tokens) * arch.vocab * 4
     parts["total"] = total_of(parts)
     return parts
 
@@ -324,3 +349,96 @@ def training_hours(arch: Arch, recipe, rows: int, row_tokens: tuple[float, float
         flops += rows * t.epochs * scored * 6 * arch.vocab * arch.hidden
         out.append(flops / GPU_FLOPS[k] / 3600)
     return out[0], out[1]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Online RL (see the module docstring)
+
+
+def policy_model(model, train):
+    """The model settings online RL generates with: the training model (train.finetune decides the
+    quantization, as `models.load_model` does: qlora is nf4 with the rest upcast to fp32; lora keeps
+    model.dtype unquantized)."""
+    if train.finetune == "qlora":
+        return dataclasses.replace(model, dtype="float32", quantization="nf4")
+    return dataclasses.replace(model, quantization="none")
+
+
+def online_memory(
+    arch: Arch, recipe, roll_len: Lengths, curve_len: Lengths, *, checkpointing: bool
+) -> dict[str, dict[str, float]]:
+    """Peak memory of online RL's phases by part: `rollout` (the policy plays), `training` (the update) and
+    `curve evaluation` (the policy evaluated greedily at eval.batch_size)."""
+    o, r, t = recipe.online, recipe.rollout, recipe.train
+    optimizer = arch.lora_params(t.lora_r, t.target_modules) * 16
+
+    def played(batch: int, lens: Lengths) -> dict[str, float]:
+        parts = generation_memory(arch, policy_model(recipe.model, recipe.train), batch, lens)
+        parts["LoRA, grads, AdamW"] = optimizer
+        parts["total"] = total_of(parts)
+        return parts
+
+    play = played(r.batch_size, roll_len)
+    scored = o.micro_batch * recipe.env.max_turns * (r.max_new_tokens + 1)
+    seq = min(t.max_length, roll_len.context)
+    update = training_memory(
+        arch,
+        recipe,
+        seq,
+        checkpointing=checkpointing,
+        batch=o.micro_batch,
+        scored=scored,
+        logit_copies=7 if o.kl_coef else 3,
+    )
+    return {
+        "rollout": play,
+        "training": update,
+        "curve evaluation": played(recipe.eval.batch_size, curve_len),
+    }
+
+
+def kept_episodes(online) -> int:
+    """Episodes an update trains on: the kept groups (online_loss.keep_top_spread: ceil(share x n), >= 1)."""
+    groups = (
+        online.prompts
+        if online.keep_groups >= 1
+        else max(1, math.ceil(online.keep_groups * online.prompts - 1e-9))
+    )
+    return groups * online.samples
+
+
+def curve_points(online) -> int:
+    """Greedy evaluations of the curve: iteration 0, every `eval_every`-th iteration and the last one."""
+    every = online.eval_every
+    regular = online.iterations // every if every else 0
+    return 1 + regular + (0 if every and online.iterations % every == 0 else 1)
+
+
+def online_hours(
+    arch: Arch, recipe, roll_len: Lengths, curve_len: Lengths, curve_problems: int, seq: int
+) -> dict[str, tuple[float, float]]:
+    """(low, high) hours of one online run's phases over all iterations: playing, updating, the curve."""
+    o, r = recipe.online, recipe.rollout
+    policy = policy_model(recipe.model, recipe.train)
+    play = generation_hours(
+        arch, policy, o.prompts * o.samples, r.batch_size, r.max_new_tokens, roll_len, True
+    )
+    linear = 6 + (2 if o.kl_coef else 0)
+    feedback = FEEDBACK_TOKENS[recipe.env.mode]
+    update = []
+    for k in range(2):
+        scored = TURNS[k] * TURN_FILL[k] * r.max_new_tokens
+        row = min(seq, roll_len.first_mean + TURNS[k] * feedback + scored)
+        flops = row * (linear * arch.linear_params() + 8 * arch.layers * arch.hidden * row / 2)
+        flops += scored * linear * arch.vocab * arch.hidden
+        update.append(kept_episodes(o) * flops / GPU_FLOPS[k] / 3600)
+    e = recipe.eval
+    curve = generation_hours(
+        arch, policy, curve_problems, e.batch_size, e.max_new_tokens, curve_len, not e.greedy, EVAL_TURNS
+    )
+    n = o.iterations
+    return {
+        "online rollouts": (n * play[0], n * play[1]),
+        "online updates": (n * update[0], n * update[1]),
+        "curve evaluations": (curve_points(o) * curve[0], curve_points(o) * curve[1]),
+    }

@@ -25,12 +25,17 @@ from drift_lite.costs import (
     Arch,
     Lengths,
     arch_for,
+    curve_points,
     formula,
     generation_hours,
     generation_memory,
     gpu_class,
+    kept_episodes,
     lengths,
     on_gpu_total,
+    online_hours,
+    online_memory,
+    policy_model,
     size,
     step_seconds,
     training_hours,
@@ -291,7 +296,10 @@ def make_plan(recipe, tokenizer: tuple[object | None, str] | None = None) -> Pla
         shots = load_shots(recipe)
         for found in [train_set, *(s for _, s in eval_sets)]:
             shots(found.sample[0])
-    trajectories = train_set.planned * r.n_samples
+    online = recipe.algorithm == "online_rl"
+    o = recipe.online
+    # online RL plays prompts x samples fresh episodes with the policy at each iteration
+    trajectories = o.iterations * o.prompts * o.samples if online else train_set.planned * r.n_samples
     per_traj = [TURNS[k] * TURN_FILL[k] * r.max_new_tokens for k in range(2)]
     generated = (
         trajectories * per_traj[0],
@@ -303,18 +311,24 @@ def make_plan(recipe, tokenizer: tuple[object | None, str] | None = None) -> Pla
     roll_len = lengths(recipe, r.max_new_tokens, *first)
     eval_len = lengths(recipe, ev.max_new_tokens, *eval_first, turns=eval_turns)
     seq = min(tr.max_length, roll_len.context)
-    steps = (
-        tr.max_steps
-        if tr.max_steps > 0
-        else math.ceil(trajectories * tr.epochs / (tr.batch_size * tr.grad_accum))
-    )
-    memory = {
-        "training": training_memory(arch, recipe, seq, checkpointing=gpu),
-        "rollout": generation_memory(arch, m, r.batch_size, roll_len),
-        "evaluation": generation_memory(arch, m, ev.batch_size, eval_len),
-    }
+    if online:  # one optimizer step per iteration
+        steps = o.iterations
+        memory = online_memory(arch, recipe, roll_len, eval_len, checkpointing=gpu)
+    else:
+        steps = (
+            tr.max_steps
+            if tr.max_steps > 0
+            else math.ceil(trajectories * tr.epochs / (tr.batch_size * tr.grad_accum))
+        )
+        memory = {
+            "training": training_memory(arch, recipe, seq, checkpointing=gpu),
+            "rollout": generation_memory(arch, m, r.batch_size, roll_len),
+        }
+    memory["evaluation"] = generation_memory(arch, m, ev.batch_size, eval_len)
     hours: dict[str, tuple[float, float]] = {}
-    if gpu:
+    if gpu and online:  # the curve scores the first eval set's first `online.eval_size` problems
+        hours = online_hours(arch, recipe, roll_len, eval_len, min(o.eval_size, eval_sets[0][1].planned), seq)
+    elif gpu:
         hours["rollouts"] = generation_hours(
             arch, m, trajectories, r.batch_size, r.max_new_tokens, roll_len, True
         )
@@ -324,6 +338,7 @@ def make_plan(recipe, tokenizer: tuple[object | None, str] | None = None) -> Pla
             for k in range(2)
         )
         hours["training"] = training_hours(arch, recipe, trajectories, rows)
+    if gpu:
         episodes = sum(found.planned for _, found in eval_sets) * ev.repeats
         once = generation_hours(
             arch, m, episodes, ev.batch_size, ev.max_new_tokens, eval_len, not ev.greedy, EVAL_TURNS
@@ -390,25 +405,24 @@ def format_plan(recipe, p: Plan) -> str:
         for name, found in p.eval_sets
     ]
     lines.append(_prompt_line(recipe, p))
-    low, high, most = p.generated
-    lines.append(
-        f"rollouts: {p.train_set.planned} prompts x N={r.n_samples} = {p.trajectories:,} trajectories of up "
-        f"to {recipe.env.max_turns} turns x {r.max_new_tokens} tokens: generated tokens at most "
-        f"{most / 1e6:.1f} M, expected {low / 1e6:.1f}-{high / 1e6:.1f} M"
-    )
     cut = ", longer prompts cut from the left" if tr.max_length < p.rollout_lengths.context else ""
-    lines.append(
-        f"training: {p.trajectories:,} rows x {tr.epochs:g} epoch, micro-batch {tr.batch_size} x GA "
-        f"{tr.grad_accum} = {tr.batch_size * tr.grad_accum}, {p.optimizer_steps} optimizer steps, rows up to "
-        f"{p.train_seq} tokens (train.max_length {tr.max_length}{cut})"
-    )
+    lines += _online_lines(recipe, p) if recipe.algorithm == "online_rl" else _sft_lines(recipe, p, cut)
     where = "GPU memory" if p.gpu else "memory (host RAM: a CPU run, no checkpointing)"
     lines.append(f"peak {where}, estimated (formulas in drift_lite/costs.py):")
+    checkpointed = ", checkpointed" if p.gpu else ""
     batches = {
-        "training": f"micro-batch {tr.batch_size} x {p.train_seq} tokens{', checkpointed' if p.gpu else ''}",
+        "training": f"micro-batch {tr.batch_size} x {p.train_seq} tokens{checkpointed}",
         "rollout": f"batch {r.batch_size} x {p.rollout_lengths.context} tokens",
         "evaluation": f"batch {ev.batch_size} x {p.eval_lengths.context} tokens",
     }
+    if recipe.algorithm == "online_rl":
+        kv = f"{policy_model(m, tr).dtype} KV, AdamW state kept"
+        batches["curve evaluation"] = f"the policy, {batches['evaluation']}, {kv}"
+        batches["rollout"] = f"the policy plays, {batches['rollout']}, {kv}"
+        batches["training"] = (
+            f"online update, micro-batch {recipe.online.micro_batch} x {p.train_seq} tokens, all turns scored"
+            f"{checkpointed}"
+        )
     for phase, parts in p.memory.items():
         fits = f", fits on a GPU with {gpu_class(p.peak(phase))}" if p.gpu else ""
         lines.append(f"  {phase} ({batches[phase]}): {size(p.peak(phase))}{fits}")
@@ -422,6 +436,16 @@ def format_plan(recipe, p: Plan) -> str:
         + ", ".join(f"{k} {_range(v)}" for k, v in p.hours.items())
         + f" (reference and trained); total {_range(total)}"
     )
+    if recipe.algorithm == "online_rl":
+        o = recipe.online
+        per = [
+            (p.hours["online rollouts"][k] + p.hours["online updates"][k]) / o.iterations for k in range(2)
+        ]
+        lines.append(
+            f"  per iteration {per[0] * 60:.1f}-{per[1] * 60:.1f} min (playing and update); "
+            f"{curve_points(o)} curve evaluations of {min(o.eval_size, p.eval_sets[0][1].planned)} problems"
+        )
+        m = policy_model(m, tr)  # the policy generates as training holds it
     mean_context = p.rollout_lengths.mean_prompt + r.max_new_tokens / 2
     step = step_seconds(a, m, r.batch_size, mean_context, True)  # as generation_hours takes it
     lines.append(
@@ -432,6 +456,42 @@ def format_plan(recipe, p: Plan) -> str:
         f"training at {GPU_FLOPS[1] / 1e12:.0f}-{GPU_FLOPS[0] / 1e12:.0f} TFLOP/s"
     )
     return "\n".join(lines)
+
+
+def _sft_lines(recipe, p: Plan, cut: str) -> list[str]:
+    """The rollout and training lines of a weighted-SFT recipe."""
+    r, tr = recipe.rollout, recipe.train
+    low, high, most = p.generated
+    return [
+        f"rollouts: {p.train_set.planned} prompts x N={r.n_samples} = {p.trajectories:,} trajectories of up "
+        f"to {recipe.env.max_turns} turns x {r.max_new_tokens} tokens: generated tokens at most "
+        f"{most / 1e6:.1f} M, expected {low / 1e6:.1f}-{high / 1e6:.1f} M",
+        f"training: {p.trajectories:,} rows x {tr.epochs:g} epoch, micro-batch {tr.batch_size} x GA "
+        f"{tr.grad_accum} = {tr.batch_size * tr.grad_accum}, {p.optimizer_steps} optimizer steps, rows up to "
+        f"{p.train_seq} tokens (train.max_length {tr.max_length}{cut})",
+    ]
+
+
+def _online_lines(recipe, p: Plan) -> list[str]:
+    """What an online RL run plays and trains, per iteration and in all."""
+    o, r, n = recipe.online, recipe.rollout, recipe.online.iterations
+    low, high, most = p.generated
+    episodes = o.prompts * o.samples
+    kept = kept_episodes(o)
+    return [
+        f"online RL: {n} iterations; each plays {o.prompts} prompts x {o.samples} samples = {episodes} "
+        f"episodes of up to {recipe.env.max_turns} turns x {r.max_new_tokens} tokens with the policy "
+        f"(reference + LoRA): generated tokens per iteration at most {most / n / 1e6:.2f} M, expected "
+        f"{low / n / 1e6:.2f}-{high / n / 1e6:.2f} M",
+        f"  in all {p.trajectories:,} episodes, generated tokens at most {most / 1e6:.1f} M, expected "
+        f"{low / 1e6:.1f}-{high / 1e6:.1f} M (a weighted-SFT rollout of {p.train_set.planned} prompts x "
+        f"N={r.n_samples} plays {p.train_set.planned * r.n_samples:,} episodes once)",
+        f"training: {p.optimizer_steps} optimizer steps, one per iteration on the kept groups' {kept} "
+        f"episodes "
+        f"(keep_groups {o.keep_groups:g}), micro-batch {o.micro_batch}, every assistant token of every turn, "
+        f"KL {o.kl_coef:g} to the reference (adapter disabled), lr {o.lr:g}; rows up to {p.train_seq} tokens "
+        f"(train.max_length {recipe.train.max_length}: longer episodes are left out)",
+    ]
 
 
 def check(recipe) -> str:

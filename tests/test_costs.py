@@ -188,3 +188,58 @@ def test_time_grows_with_the_measured_prompt():
     short = costs.generation_hours(arch, recipe.model, 4096, 32, 512, costs.lengths(recipe, 512, 200), True)
     long = costs.generation_hours(arch, recipe.model, 4096, 32, 512, costs.lengths(recipe, 512, 3400), True)
     assert long[0] > short[0] and long[1] > short[1]
+
+
+PAPER_ONLINE = ROOT / "recipes" / "paper" / "qwen2.5-3b-online-rl.yaml"
+
+
+@pytest.mark.parametrize("kl, copies", [(0.001, 7), (0.0, 3)])
+def test_online_update_logits_by_hand(kl, copies):
+    """Every assistant token of a whole 5-turn episode is scored; the KL term adds the reference's copies."""
+    recipe = load_recipe(PAPER_ONLINE, [f"online.kl_coef={kl}"])
+    arch = costs.KNOWN_ARCHS["Qwen/Qwen2.5-3B-Instruct"]
+    lens = costs.lengths(recipe, 512)
+    parts = costs.online_memory(arch, recipe, lens, lens, checkpointing=True)
+    update = parts["training"]
+    assert update["logits"] == copies * 1 * 5 * 513 * 151936 * 4  # micro-batch 1 x 5 turns x (512 + eos)
+    assert update["layer inputs"] == 36 * 1 * 3040 * 2048 * 4
+    play = parts["rollout"]
+    assert play["LoRA, grads, AdamW"] == 16 * 7_372_800  # the optimizer stays allocated while it plays
+    # the policy generates as training holds it: embeddings fp32, so fp32 KV (twice the bf16 reference's)
+    reference = costs.generation_memory(arch, recipe.model, recipe.rollout.batch_size, lens)
+    assert play["decoding"] == pytest.approx(2 * reference["decoding"])
+    assert play["weights"] > reference["weights"]
+
+
+def test_kept_episodes_and_curve_points_by_hand():
+    o = load_recipe(PAPER_ONLINE).online
+    assert costs.kept_episodes(o) == 2 * 16  # ceil(0.25 x 8) groups of 16
+    assert costs.curve_points(o) == 1 + 10  # iteration 0, then 20, 40, ..., 200
+    odd = load_recipe(PAPER_ONLINE, ["online.iterations=50", "online.keep_groups=0.3"]).online
+    assert costs.curve_points(odd) == 1 + 2 + 1  # 0, 20, 40 and the last (50)
+    assert costs.kept_episodes(odd) == 3 * 16  # ceil(2.4)
+    never = load_recipe(PAPER_ONLINE, ["online.eval_every=0"]).online
+    assert costs.curve_points(never) == 2  # the reference and the last iteration
+
+
+def test_online_hours_scale_with_iterations():
+    recipe = load_recipe(PAPER_ONLINE)
+    arch = costs.KNOWN_ARCHS["Qwen/Qwen2.5-3B-Instruct"]
+    lens = costs.lengths(recipe, 512)
+    one = costs.online_hours(arch, recipe, lens, lens, 100, 3040)
+    half = costs.online_hours(
+        arch, load_recipe(PAPER_ONLINE, ["online.iterations=100"]), lens, lens, 100, 3040
+    )
+    assert one["online rollouts"][0] == pytest.approx(2 * half["online rollouts"][0])
+    assert one["online updates"][1] == pytest.approx(2 * half["online updates"][1])
+    assert all(low < high for low, high in one.values())
+
+
+def test_the_policy_generates_as_the_training_model_is_loaded():
+    """train.finetune decides the policy's weights (models.load_model), not model.quantization."""
+    toy = load_recipe(ROOT / "recipes" / "toy" / "drift.yaml")  # reference unquantized fp32, training qlora
+    policy = costs.policy_model(toy.model, toy.train)
+    assert (policy.quantization, policy.dtype) == ("nf4", "float32")
+    paper = load_recipe(PAPER_ONLINE, ["train.finetune=lora"])
+    policy = costs.policy_model(paper.model, paper.train)
+    assert (policy.quantization, policy.dtype) == ("none", "bfloat16")

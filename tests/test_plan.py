@@ -304,3 +304,96 @@ def test_worked_examples_are_built_for_the_plan(offline, capsys):
     shots = plan.make_plan(load_recipe(TOY, ["env.shots=3"])).measured
     none = plan.make_plan(load_recipe(TOY)).measured
     assert shots.train_mean > none.train_mean + 3 * 10  # three worked turns in every prompt
+
+
+# The keys each paper method recipe may change from DRIFT-5turn (besides `name`), as the toy ones do.
+PAPER_METHOD_KEYS = {
+    "qwen2.5-3b-sft-1turn.yaml": {("env", "max_turns"), ("weights", "scheme"), ("eval", "max_turns")},
+    "qwen2.5-3b-sft-5turn.yaml": {("weights", "scheme")},
+    "qwen2.5-3b-rft.yaml": {("weights", "scheme")},
+    "qwen2.5-3b-drift-1turn.yaml": {("env", "max_turns"), ("eval", "max_turns")},
+    "qwen2.5-3b-drift-gamma0.3.yaml": {("weights", "gamma")},
+    "qwen2.5-3b-drift-beta0.05.yaml": {("weights", "beta")},
+    "qwen2.5-3b-drift-beta0.3.yaml": {("weights", "beta")},
+    "qwen2.5-3b-drift-beta1.0.yaml": {("weights", "beta")},
+    "qwen2.5-3b-drift-target-all.yaml": {
+        ("train", "target"),
+        ("train", "batch_size"),
+        ("train", "grad_accum"),
+    },
+    "qwen2.5-3b-online-rl.yaml": {
+        ("algorithm",),
+        ("rollout", "batch_size"),
+        ("eval", "batch_size"),
+        ("online",),
+    },
+}
+
+
+def _changed(base: dict, other: dict) -> set[tuple[str, ...]]:
+    out: set[tuple[str, ...]] = set()
+    for section, values in other.items():
+        if section in ("name", "online") or not isinstance(values, dict):
+            if section != "name" and values != base[section]:
+                out.add((section,))
+            continue
+        out |= {(section, k) for k in values if values[k] != base[section][k]}
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_METHOD_KEYS))
+def test_paper_method_recipes_differ_from_drift_only_in_their_method_keys(name):
+    path = ROOT / "recipes" / "paper" / name
+    assert _changed(load_recipe(PAPER_3B).to_dict(), load_recipe(path).to_dict()) == PAPER_METHOD_KEYS[name]
+    assert load_recipe(path).name == name.removesuffix(".yaml")
+    marked = [line for line in path.read_text().splitlines() if "# method" in line]
+    assert len(marked) >= len(PAPER_METHOD_KEYS[name])  # every changed key's line says so
+
+
+def test_paper_recipes_train_lora_at_a_lora_rate():
+    for path in (p for p in RECIPES if p.parent.name == "paper"):
+        recipe = load_recipe(path)
+        assert recipe.train.finetune == "qlora" and recipe.train.lr == pytest.approx(1e-4), path.name
+        assert "release: 5e-6, chosen for full fine-tuning" in path.read_text()
+
+
+PAPER_ONLINE = ROOT / "recipes" / "paper" / "qwen2.5-3b-online-rl.yaml"
+
+
+def test_online_recipe_has_ufos_settings_and_its_own_estimate(offline, capsys):
+    o = load_recipe(PAPER_ONLINE).online
+    assert (o.iterations, o.prompts, o.samples, o.keep_groups, o.kl_coef) == (200, 8, 16, 0.25, 0.001)
+    code, out, err = run_check(capsys, str(PAPER_ONLINE))
+    assert code == 0, err
+    assert "online RL: 200 iterations; each plays 8 prompts x 16 samples = 128 episodes" in out
+    assert "in all 25,600 episodes" in out and "plays 4,096 episodes once" in out
+    assert "200 optimizer steps, one per iteration on the kept groups' 32 episodes" in out
+    assert "11 curve evaluations of 100 problems" in out
+    assert "rollouts:" not in out  # no weighted-SFT rollout is planned
+    for phase in ("rollout", "training", "curve evaluation", "evaluation"):
+        assert _printed_gib(out, phase) < 22.35  # every phase fits the 24 GB card it is written for
+    times = re.search(r"^time, rough: online rollouts ([\d.]+)-([\d.]+) h, online updates", out, re.M)
+    assert times and 0 < float(times.group(1)) < float(times.group(2))
+
+
+def test_online_totals_follow_iterations_and_groups(offline):
+    one = plan.make_plan(load_recipe(PAPER_ONLINE, ["online.iterations=100"]))
+    two = plan.make_plan(load_recipe(PAPER_ONLINE))
+    assert two.trajectories == 2 * one.trajectories == 25_600
+    assert two.generated[2] == pytest.approx(2 * one.generated[2])
+    for phase in ("online rollouts", "online updates"):
+        assert two.hours[phase][0] == pytest.approx(2 * one.hours[phase][0])
+    kept_all = plan.make_plan(load_recipe(PAPER_ONLINE, ["online.keep_groups=1.0"]))
+    assert kept_all.hours["online updates"][0] == pytest.approx(4 * two.hours["online updates"][0])
+    assert kept_all.hours["online rollouts"] == two.hours["online rollouts"]
+    bigger = plan.make_plan(load_recipe(PAPER_ONLINE, ["online.micro_batch=2"]))
+    assert bigger.peak("training") > two.peak("training")
+
+
+def test_paper_compare_spec_names_every_paper_method():
+    from drift_lite.compare import load_spec
+
+    spec = load_spec(ROOT / "recipes" / "paper" / "compare.yaml")
+    files = {Path(m.recipe).name for m in spec.methods}
+    assert files == {"qwen2.5-3b-metamathqa.yaml", *PAPER_METHOD_KEYS}
+    assert all(Path(m.recipe).is_file() for m in spec.methods) and len(spec.seeds) >= 3
