@@ -144,7 +144,7 @@ def check(recipe: RecipeLike) -> str:
     >>> print(dl.check("paper/qwen2.5-3b-metamathqa"))
     """
     from drift_lite.models import announce_remote_code
-    from drift_lite.plan import check as _check
+    from drift_lite.plan_format import check as _check
 
     recipe = _recipe(recipe)
     announce_remote_code(recipe.model)  # `model.trust_remote_code: true` is said on stderr before anything
