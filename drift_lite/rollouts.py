@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -134,6 +135,13 @@ def rollout(
         recipe.task.name, "train", recipe.task.source, recipe.task.size, recipe.task.seed
     )
     _check_unique_ids(problems, recipe.task.name)
+    size = recipe.task.size
+    if size is not None and len(problems) < size:  # said as `drift-lite check` says it, not shrunk silently
+        where = recipe.task.source or recipe.task.name
+        print(
+            f"task.size {size:,} > {len(problems):,} problems in {where}: using {len(problems):,}",
+            file=sys.stderr,
+        )
     mine = shard_slice(problems, shard)
     order = prompt_order([p.id for p in problems], shard)
     if auto and model is None:

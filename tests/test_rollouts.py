@@ -319,3 +319,17 @@ def test_a_rerun_removes_the_temp_files_a_killed_writer_of_this_file_left(recipe
     stats = _run(recipe_path, out)
     assert stats["resumed_prompts"] == SIZE and out.read_bytes() == reference
     assert not any(p.exists() for p in own) and other.exists()
+
+
+def test_a_task_size_beyond_the_source_is_said_not_shrunk_silently(recipe_path, tmp_path, capsys):
+    source = tmp_path / "three.jsonl"
+    source.write_text(
+        "".join(
+            json.dumps({"question": f"What is {a} + 1?", "answer": f"#### {a + 1}"}) + "\n" for a in range(3)
+        )
+    )
+    overrides = ["task.name=gsm8k", f"task.source={source}", "task.size=5", "task.checker=exact"]
+    stats = _run(recipe_path, tmp_path / "r.jsonl", *overrides, "rollout.max_new_tokens=2")
+    err = capsys.readouterr().err
+    assert f"task.size 5 > 3 problems in {source}: using 3" in err
+    assert stats["prompts"] == 3
