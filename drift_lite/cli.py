@@ -192,7 +192,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "theory":
         from pathlib import Path
 
-        from drift_lite.theory import run_theory
+        from drift_lite.theory_report import run_theory
 
         summary = run_theory(Path(args.out), tiny=args.tiny, show_progress=show)
         print(f"{summary['md']} ({summary['wall_s']:.0f} s)")

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from drift_lite.compare_stats import run_name  # noqa: F401 (re-exported)
 from drift_lite.errors import UserError
 from drift_lite.files import atomic_writer, read_json, settings_hash, write_json_atomic
 from drift_lite.recipe import Recipe, load_recipe, resolve_source
@@ -138,11 +139,6 @@ def method_recipe(spec: Spec, method: Method, seed: int) -> Recipe:
     """The recipe of one method at one seed: its file, the spec's overrides, its own, then the seed."""
     seeded = [f"seed={seed}", f"train.seed={seed}"]
     return load_recipe(method.recipe, [*spec.overrides, *method.overrides, *seeded])
-
-
-def run_name(method: str, seed: int) -> str:
-    """The run folder of a method at a seed, under DIR/runs/."""
-    return f"{method}-s{seed}"
 
 
 def _recipe_key(recipe: Recipe) -> str:

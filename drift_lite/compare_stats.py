@@ -32,6 +32,11 @@ NAMES = {
 }
 
 
+def run_name(method: str, seed: int) -> str:
+    """The run folder of a method at a seed, under DIR/runs/."""
+    return f"{method}-s{seed}"
+
+
 def mean_sd(values: list) -> dict:
     """{"mean", "sd", "n"} of the non-missing values (sample sd; None below two values)."""
     xs = [float(v) for v in values if v is not None]
@@ -95,7 +100,6 @@ def _top_k(metrics: list[dict | None]) -> int:
 
 def collect(spec, out: Path, recipes: dict) -> dict:
     """Everything results.json holds, computed from the run folders under `out/runs/`."""
-    from drift_lite.compare import run_name
     from drift_lite.evaluation import set_name
 
     seeds = spec.seeds

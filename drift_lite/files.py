@@ -201,3 +201,15 @@ def os_error_line(exc: OSError) -> str:
     paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
     line = f"{' -> '.join(paths)}: {reason}" if paths else reason
     return " ".join(line.split())
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested settings dicts, sorted."""
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return keys

@@ -17,6 +17,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import orjson
@@ -381,3 +382,9 @@ def _ends_with_newline(path: str) -> bool:
             return True
         handle.seek(-1, os.SEEK_END)
         return handle.read(1) == b"\n"
+
+
+def fingerprint_path(out_path: PathLike) -> Path:
+    """Where the settings of a rollout file are stored."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + ".settings.json")

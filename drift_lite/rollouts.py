@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 from drift_lite.env import EpisodeSettings
 from drift_lite.episodes import play_episodes
 from drift_lite.errors import UserError
-from drift_lite.files import exclusive_lock, read_json, write_json_atomic
+from drift_lite.files import changed_keys, exclusive_lock, read_json, write_json_atomic  # noqa: F401 (re-exported)
 from drift_lite.jobs import Job, Shots, make_jobs
+from drift_lite.records import fingerprint_path  # noqa: F401 (re-exported)
 from drift_lite.records_resume import read_complete_groups
 from drift_lite.sampling import Sampling
 from drift_lite.shards import (
@@ -92,11 +93,6 @@ class GroupWriter:
     def close(self) -> None:
         """Close the file."""
         self.appender.close()
-
-
-def fingerprint_path(out_path: Path) -> Path:
-    """Where the settings of a rollout file are stored."""
-    return out_path.with_name(out_path.name + ".settings.json")
 
 
 def rollout(
@@ -414,15 +410,3 @@ def _check_unique_ids(problems: list[Problem], task: str) -> None:
         if p.id in seen:
             raise UserError(f"task '{task}': problem id '{p.id}' appears twice")
         seen.add(p.id)
-
-
-def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ between two nested settings dicts, sorted."""
-    keys = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += changed_keys(a, b, f"{prefix}{k}.")
-        elif a != b:
-            keys.append(f"{prefix}{k}")
-    return keys

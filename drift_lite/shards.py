@@ -203,7 +203,7 @@ def _check_group_size(pid: str, where: str, size: int, n_samples: int) -> None:
 
 def _part_meta(part: Path) -> dict:
     """A part's settings file, checked to be a finished rollout's."""
-    from drift_lite.rollouts import fingerprint_path
+    from drift_lite.records import fingerprint_path
 
     fp = fingerprint_path(part)
     meta = read_json(fp)
@@ -228,7 +228,8 @@ def merge(parts: list[str | os.PathLike], out: str | os.PathLike) -> dict:
 
     Example: `merge(["r.shard-0-of-2.jsonl", "r.shard-1-of-2.jsonl"], "rollouts.jsonl")["prompts"]`.
     """
-    from drift_lite.rollouts import changed_keys, fingerprint_path
+    from drift_lite.files import changed_keys
+    from drift_lite.records import fingerprint_path
 
     paths, out = [Path(p) for p in parts], Path(out)
     if not paths:
@@ -345,7 +346,7 @@ def wait_for_parts(
     parts: list[Path], ready: Callable[[Path, dict | None], bool], poll_s: float = 2.0
 ) -> None:
     """Block until `ready(part, its settings file)` holds for every part (rank 0 waiting for the others)."""
-    from drift_lite.rollouts import fingerprint_path
+    from drift_lite.records import fingerprint_path
 
     waiting = list(parts)
     told = False

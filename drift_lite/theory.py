@@ -19,9 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -30,7 +28,6 @@ from torch import nn
 from tqdm import tqdm
 
 from drift_lite.errors import UserError
-from drift_lite.files import atomic_writer, write_json_atomic
 from drift_lite.loss import IGNORE, sequence_nll, step_denominator, weighted_loss
 from drift_lite.weights import group_weights
 
@@ -344,25 +341,3 @@ def theory_entries(
             entries.append(_entry(bandit, n, beta, "fresh", fresh[i]))
             entries.append(_entry(bandit, n, beta, "fixed", fixed[i]))
     return entries, {"ns": list(ns), "schedule": schedule, "fixed_sets": fixed_sets, "bandits": bandits}
-
-
-def run_theory(out_dir: Path, *, tiny: bool = False, show_progress: bool = True) -> dict:
-    """Write theory.json, theory.md and theory-kl.png under out_dir; return paths, entry count, wall time."""
-    from drift_lite.theory_report import theory_markdown, write_kl_plot
-
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir}: exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    entries, context = theory_entries(tiny=tiny, show_progress=show_progress)
-    paths = {"json": out_dir / "theory.json", "md": out_dir / "theory.md", "plot": out_dir / "theory-kl.png"}
-    write_json_atomic(paths["json"], entries)
-    write_kl_plot(entries, paths["plot"])
-    with atomic_writer(paths["md"]) as handle:
-        handle.write(theory_markdown(entries, context).encode("utf-8"))
-    return {
-        "entries": len(entries),
-        "wall_s": round(time.perf_counter() - start, 1),
-        **{k: str(v) for k, v in paths.items()},
-    }

@@ -1,12 +1,15 @@
-"""theory.md and theory-kl.png from the theory check's entries (see drift_lite/theory.py)."""
+"""`drift-lite theory`: run the bandit check (drift_lite/theory.py) and write theory.json, theory.md and
+theory-kl.png from its entries."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
-from drift_lite.files import atomic_writer
-from drift_lite.theory import BETAS, sbon_via_kit_weights, tv, weighted_empirical
+from drift_lite.errors import UserError
+from drift_lite.files import atomic_writer, write_json_atomic
+from drift_lite.theory import BETAS, sbon_via_kit_weights, theory_entries, tv, weighted_empirical
 
 _FLOOR = 1e-9  # log axes cannot show 0: smaller KLs are drawn at this floor
 
@@ -213,3 +216,23 @@ def write_kl_plot(entries: list[dict], path: Path) -> None:
     with atomic_writer(path) as handle:
         fig.savefig(handle, format="png", dpi=110)
     plt.close(fig)
+
+
+def run_theory(out_dir: Path, *, tiny: bool = False, show_progress: bool = True) -> dict:
+    """Write theory.json, theory.md and theory-kl.png under out_dir; return paths, entry count, wall time."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    entries, context = theory_entries(tiny=tiny, show_progress=show_progress)
+    paths = {"json": out_dir / "theory.json", "md": out_dir / "theory.md", "plot": out_dir / "theory-kl.png"}
+    write_json_atomic(paths["json"], entries)
+    write_kl_plot(entries, paths["plot"])
+    with atomic_writer(paths["md"]) as handle:
+        handle.write(theory_markdown(entries, context).encode("utf-8"))
+    return {
+        "entries": len(entries),
+        "wall_s": round(time.perf_counter() - start, 1),
+        **{k: str(v) for k, v in paths.items()},
+    }

@@ -21,7 +21,6 @@ from drift_lite.theory import (
     kit_loss,
     kl,
     pi_star,
-    run_theory,
     sbon_exact,
     sbon_via_kit_weights,
     train_fixed,
@@ -29,6 +28,7 @@ from drift_lite.theory import (
     tv,
     weighted_empirical,
 )
+from drift_lite.theory_report import run_theory
 from drift_lite.weights import group_weights
 
 KEYS = {
