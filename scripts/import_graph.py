@@ -1,6 +1,6 @@
 """The import graph of drift_lite/ (function-level imports included): cycles and upstream arrows.
 
-    .venv/bin/python scripts/import_graph.py     # prints "cycles: none" and "upstream arrows: none" when clean
+    .venv/bin/python scripts/import_graph.py   # "cycles: none", "upstream arrows: none" when clean
 
 Edges to the package root (`from drift_lite import x`) are left out: importing any submodule runs
 drift_lite/__init__.py first whatever the import says. The stages are the method's order: recipe -> rollouts

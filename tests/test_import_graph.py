@@ -1,4 +1,4 @@
-"""The package's import graph: no cycle, and no step module reaching a later step (scripts/import_graph.py)."""
+"""The import graph: no cycle, no step module reaching a later step (scripts/import_graph.py)."""
 
 import subprocess
 import sys
