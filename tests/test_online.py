@@ -304,3 +304,54 @@ def test_generate_then_update_on_nf4_gives_the_gradients_of_a_never_evaluated_co
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
     assert any(g.abs().sum() > 0 for g in grads[0].values())
+
+
+def test_kill_9_during_an_online_run_then_a_rerun_resumes_and_its_metrics_recompute(tiny, tmp_path):
+    """A real process killed with SIGKILL after its first saved iteration; the rerun resumes from there, ends
+    in the adapter of an uninterrupted run, and its curve recomputes from its evaluation trajectories."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    extra = ["online.iterations=8", "online.eval_every=1"]
+    out = tmp_path / "killed"
+    script = (
+        "import sys, torch\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "torch.set_num_threads(1)\n"
+        "from test_online import small_recipe\n"
+        "from drift_lite import online\n"
+        "online.train_online(small_recipe(sys.argv[2], *sys.argv[4:]), sys.argv[3], show_progress=False)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(Path(__file__).parent), tiny, str(out), *extra],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 240
+        curve_file = out / "online" / "curve.jsonl"
+
+        def points() -> int:
+            return len(curve_file.read_text().splitlines()) if curve_file.is_file() else 0
+
+        while points() < 3 and proc.poll() is None and time.monotonic() < deadline:  # iterations 0, 1, 2
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    recipe = small_recipe(tiny, *extra)
+    assert not online.is_complete(out, recipe)
+    resumed = online.train_online(recipe, out, show_progress=False)
+    assert resumed["resumed_from"] is not None and resumed["resumed_from"] >= 1 and resumed["steps"] == 8
+    online.train_online(recipe, tmp_path / "whole", show_progress=False)
+    a, b = adapter_tensors(tmp_path / "whole"), adapter_tensors(out)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    curve = [json.loads(line) for line in (out / "online" / "curve.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in curve] == list(range(9))
+    for row in curve:
+        rows = list(iter_rows(out / "online" / "eval" / f"it-{row['iteration']}.jsonl"))
+        metrics = compute_metrics(rows, recipe.env.max_turns)
+        assert all(row[f"multi@{k}"] == metrics[f"multi@{k}"] for k in (1, 2))
