@@ -137,7 +137,8 @@ def weights_section(
     runs = _escaped(runs)
     with_diag = [(name, run.diagnostics) for name, run in runs if run.diagnostics is not None]
     if with_diag:
-        flat = [(name, _flatten(d)) for name, d in with_diag]
+        # per_group (one entry per prompt) stays in the diagnostics file: a table cell cannot show it
+        flat = [(name, _flatten({k: v for k, v in d.items() if k != "per_group"})) for name, d in with_diag]
         keys: list[str] = []
         for _, d in flat:
             keys += [k for k in d if k not in keys]
