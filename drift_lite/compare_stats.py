@@ -212,7 +212,10 @@ def cost_ratio(method: dict, reference: dict, k: int) -> dict | None:
             per_seed.append(None)
             continue
         hits = [r for r in points if r[key] >= target - 1e-12]
-        point = hits[0] if hits else max(points, key=lambda r: r[key])  # max keeps the first best
+        # never reached: its best trained point (iteration 0 is the reference itself, which costs nothing and
+        # would make a ratio of 0); max keeps the first best
+        trained = [r for r in points if r.get("iteration", 0) > 0] or points
+        point = hits[0] if hits else max(trained, key=lambda r: r[key])
         per_seed.append(
             {
                 "reached": bool(hits),

@@ -452,3 +452,25 @@ def test_toy_compare_methods_share_rollouts_as_documented_and_one_evaluation():
         for name, r in recipes.items()
     }
     assert all(e == evals["drift"] for e in evals.values()) and evals["drift"]["max_turns"] == 5
+
+
+def test_a_curve_that_never_reaches_the_target_uses_its_best_trained_point_not_the_reference():
+    from drift_lite.compare_stats import cost_ratio
+
+    curve = [  # iteration 0 is the reference itself: best here, but it trains nothing and costs nothing
+        {"iteration": 0, "multi@5": 0.72, "generated_tokens": 0, "wall_s": 0.0},
+        {"iteration": 4, "multi@5": 0.70, "generated_tokens": 400, "wall_s": 10.0},
+        {"iteration": 8, "multi@5": 0.71, "generated_tokens": 800, "wall_s": 20.0},
+    ]
+    reference = {
+        "summary": {"multi@5": {"mean": 0.85}},
+        "cost": {"generated_tokens": {"mean": 1000}, "train_seconds": {"mean": 40.0}},
+    }
+    ratio = cost_ratio({"curves": [curve]}, reference, 5)
+    (seed,) = ratio["per_seed"]
+    assert (seed["reached"], seed["iteration"], seed["token_ratio"], seed["wall_ratio"]) == (
+        False,
+        8,
+        0.8,
+        0.5,
+    )
