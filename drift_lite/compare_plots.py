@@ -79,12 +79,14 @@ def _plot_online(plt, results: dict, name: str, path: Path) -> None:
     ref_score = ref["summary"][key]
     ref_cost = ref["cost"]
     fig, axes = plt.subplots(1, 2, figsize=(2 * FIGSIZE[0] - 2, FIGSIZE[1]), sharey=True)
+    # token counts as thousands: full numbers overlap on the axis
+    axes[0].xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x / 1000:g}"))
     for ax, x_key, ref_x, xlabel in (
         (
             axes[0],
             "generated_tokens",
             ref_cost["generated_tokens"],
-            "generated tokens (cumulative, training)",
+            "generated tokens, thousands (cumulative, training)",
         ),
         (axes[1], "wall_s", ref_cost["train_seconds"], "training wall time, s (cumulative)"),
     ):
