@@ -10,9 +10,8 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 RUN ?= runs/toy-drift
 # OpenMP threads that spin while waiting steal the core their peer needs when the machine is shared (CI, a
-# laptop doing other work): measured here under load, the toy build ran at 6.5 s/step with the default and
-# 0.45 s/step with PASSIVE, and the toy rollout of the compare took 203 s vs 23 s (two runs minutes apart, load
-# about 6.5). Not measured on an idle machine.
+# laptop doing other work). Seen on this project's loaded build box (ad hoc timings, no repo command measures
+# it; the step logs of two toy runs minutes apart showed a rollout of 203 s without it and 23 s with it).
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install demo test test-slow lint format bench clean toy-model
