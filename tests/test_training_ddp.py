@@ -34,7 +34,7 @@ COMMON = [
 
 # Every process of the launched group runs this; argv: data, out root, model, then the runs to do.
 _CHILD = """
-import json, sys
+import json, os, sys
 from transformers import TrainerCallback
 from drift_lite.recipe import load_recipe
 from drift_lite.training import train
@@ -60,7 +60,8 @@ for name, overrides in runs.items():
     summary = train(recipe, data, f"{root}/{name}", show_progress=False)
     if summary.get("processes") != 2:
         raise SystemExit(f"ran with {summary.get('processes')} processes")
-    with open(f"{root}/{name}.summary.json", "w") as handle:
+    # one file per rank: both ranks writing one file interleaved their JSON (a flaky "Extra data")
+    with open(f"{root}/{name}.rank{os.environ['RANK']}.summary.json", "w") as handle:
         json.dump(summary, handle)
 """
 
@@ -130,7 +131,9 @@ def test_two_processes_train_the_adapter_of_one_process_with_the_same_global_bat
             ],
         )
         reference = train(recipe, data, one, show_progress=False)
-        two = json.loads((tmp_path / f"{normalize}.summary.json").read_text())
+        two = json.loads((tmp_path / f"{normalize}.rank0.summary.json").read_text())
+        other = json.loads((tmp_path / f"{normalize}.rank1.summary.json").read_text())
+        assert other["steps"] == two["steps"]
         assert two["steps"] == reference["steps"] == 3
         assert two["final_loss"] == pytest.approx(reference["final_loss"], rel=1e-4)
         got, want = _adapter(tmp_path / normalize), _adapter(one)
@@ -139,7 +142,7 @@ def test_two_processes_train_the_adapter_of_one_process_with_the_same_global_bat
         for name in want:
             torch.testing.assert_close(got[name], want[name], rtol=1e-3, atol=1e-5, msg=f"{normalize} {name}")
 
-    crashed = json.loads((tmp_path / "mean-crash.summary.json").read_text())
+    crashed = json.loads((tmp_path / "mean-crash.rank0.summary.json").read_text())
     assert crashed["resumed_from"] == 1 and crashed["steps"] == 3
     for name, value in _adapter(tmp_path / "mean").items():
         torch.testing.assert_close(_adapter(tmp_path / "mean-crash")[name], value, rtol=1e-5, atol=1e-7)
