@@ -325,7 +325,7 @@ def _check_tasks(recipe: Recipe, fail: typing.Callable[[str, str], typing.NoRetu
         if task in SYNTHETIC and use.source is not None:
             fail(f"{key}.source", f"must be null: the {task} task is generated here and reads no source")
         if recipe.env.shots and task not in SYNTHETIC:
-            only = " and ".join(SYNTHETIC)
+            only = ", ".join(SYNTHETIC)
             fail("env.shots", f"must be 0 with {key} task '{task}' (worked examples exist only for {only})")
 
 

@@ -336,21 +336,22 @@ def load_shots(recipe) -> Callable[[Problem], Shots]:
     n = recipe.env.shots
     if n <= 0:
         return lambda problem: []
-    from drift_lite.tasks import SYNTHETIC, arith, toy
+    import importlib
 
+    from drift_lite.tasks import SYNTHETIC, toy
+
+    only = ", ".join(SYNTHETIC)
     if recipe.task.name not in SYNTHETIC:
-        raise UserError(
-            f"env.shots: worked examples exist only for the toy and arith tasks, not '{recipe.task.name}'"
-        )
+        name = recipe.task.name
+        raise UserError(f"env.shots: worked examples exist only for the tasks {only}, not '{name}'")
 
     def shots_for(problem: Problem) -> Shots:
         if "toy_family" in problem.meta:
             return toy.worked_examples(problem.meta["toy_family"], n, avoid=problem)
-        if problem.meta.get("task") == "arith":
-            return arith.worked_examples(n, avoid=problem)
-        raise UserError(
-            f"env.shots: worked examples exist only for the toy and arith tasks, not '{problem.id}'"
-        )
+        if problem.meta.get("task") in SYNTHETIC:
+            module = importlib.import_module(f"drift_lite.tasks.{problem.meta['task']}")
+            return module.worked_examples(n, avoid=problem)
+        raise UserError(f"env.shots: worked examples exist only for the tasks {only}, not '{problem.id}'")
 
     return shots_for
 

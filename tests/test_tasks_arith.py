@@ -19,7 +19,7 @@ def _pair(problem) -> tuple[int, int]:
 
 
 def _all_pairs(split: str) -> set[tuple[int, int]]:
-    return {(min(a, b), max(a, b)) for cls in arith.CLASSES for a, b in arith._pool(split, cls)}
+    return {(min(a, b), max(a, b)) for cls in arith.CLASSES for a, b in arith.pool(split, cls)}
 
 
 def test_train_and_eval_are_disjoint_by_unordered_pair():

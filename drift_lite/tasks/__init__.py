@@ -13,7 +13,8 @@ from collections.abc import Callable
 from drift_lite.errors import UserError
 from drift_lite.tasks.base import Checker, ExactChecker, Problem
 
-SYNTHETIC = ("toy", "arith")  # generated here: train/eval splits, exact checker, worked examples
+# generated here (module drift_lite.tasks.<name>): train/eval splits, a default checker, worked examples
+SYNTHETIC = ("toy", "arith", "arith_choice")
 _FAMILY_MODULES = ["drift_lite.tasks.math", "drift_lite.tasks.choice", "drift_lite.tasks.tools"]
 
 
@@ -53,8 +54,10 @@ def load_problems(task: str, split: str, source: str | None, size: int | None, s
 
 def checker_for(task: str, name: str | None) -> Checker:
     """The checker named in the recipe, else the task's default (`exact` for the synthetic tasks)."""
+    if name is None and task in SYNTHETIC:
+        return importlib.import_module(f"drift_lite.tasks.{task}").checker()
     if name is None:
-        name = "exact" if task in SYNTHETIC else _registry()[1].get(task, "exact")
+        name = _registry()[1].get(task, "exact")
     if name == "exact":
         return ExactChecker()
     return get_checker(name)

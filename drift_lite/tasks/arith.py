@@ -50,8 +50,8 @@ def solution(problem: Problem) -> str:
 
 
 @cache
-def _pool(split: str, cls: str) -> tuple[tuple[int, int], ...]:
-    """Every ordered operand pair of one split and class, in a fixed order."""
+def pool(split: str, cls: str) -> tuple[tuple[int, int], ...]:
+    """Every ordered operand pair of one split and class, in a fixed order (also `arith_choice`'s pool)."""
     operands = [*ONE_DIGIT, *TWO_DIGIT]
     return tuple(
         (a, b) for a in operands for b in operands if problem_class(a, b) == cls and split_of(a, b) == split
@@ -60,7 +60,7 @@ def _pool(split: str, cls: str) -> tuple[tuple[int, int], ...]:
 
 def load(split: str, size: int | None, seed: int) -> list[Problem]:
     """`size` problems of the default mix from `split` ("train" | "eval"), deterministic in `seed`."""
-    return draw_mix("arith", split, size, seed, DEFAULT_SIZES, MIX, _pool, lambda c, a, b: make_problem(a, b))
+    return draw_mix("arith", split, size, seed, DEFAULT_SIZES, MIX, pool, lambda c, a, b: make_problem(a, b))
 
 
 @cache
@@ -69,23 +69,25 @@ def _shot_order() -> tuple[tuple[int, int], ...]:
     turn (2+2, 1+2, 1+1, 2+2, ...), each in a fixed shuffled order."""
     per_class = []
     for cls in reversed(CLASSES):
-        pairs = sorted({unordered(a, b) for a, b in _pool("train", cls)} - {unordered(*FIRST_SHOT)})
+        pairs = sorted({unordered(a, b) for a, b in pool("train", cls)} - {unordered(*FIRST_SHOT)})
         random.Random(f"arith-shots-{cls}").shuffle(pairs)
         per_class.append(pairs)
     return (FIRST_SHOT, *(p for row in zip_longest(*per_class) for p in row if p is not None))
 
 
-def worked_examples(n: int, avoid: Problem | None = None) -> list[tuple[Problem, str]]:
-    """`n` distinct worked examples (problem, perfect assistant content) from the train split.
-
-    Every problem gets the same examples, except that one with the operands of `avoid` (in either order) is
-    skipped, so no problem is shown its own answer.
-    """
+def shot_pairs(n: int, avoid: Problem | None = None, task: str = "arith") -> list[tuple[int, int]]:
+    """The operand pairs of `n` distinct worked examples: the same for every problem, except that the pair of
+    `avoid` (in either order) is skipped, so no problem is shown its own answer."""
     skip = unordered(avoid.meta["a"], avoid.meta["b"]) if avoid is not None else None
     pairs = [pair for pair in _shot_order() if unordered(*pair) != skip][:n]
     if len(pairs) < n:
-        raise UserError(f"env.shots: the arith train split has only {len(pairs)} examples, {n} asked")
-    return [(problem, solution(problem)) for problem in (make_problem(a, b) for a, b in pairs)]
+        raise UserError(f"env.shots: the {task} train split has only {len(pairs)} examples, {n} asked")
+    return pairs
+
+
+def worked_examples(n: int, avoid: Problem | None = None) -> list[tuple[Problem, str]]:
+    """`n` distinct worked examples (problem, perfect assistant content): `shot_pairs` as problems."""
+    return [(problem, solution(problem)) for problem in (make_problem(a, b) for a, b in shot_pairs(n, avoid))]
 
 
 def checker() -> ExactChecker:
