@@ -258,8 +258,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         shard = parse_shard(args.shard) if args.shard is not None else None
         results = dl.evaluate(recipe, args.out, adapter=args.adapter, show_progress=show, shard=shard)
+        if shard is None and os.environ.get("RANK", "0") != "0":
+            return 0  # under a launcher: rank 0 prints the merged metrics
+        part = f" (shard {args.shard}: its problems only)" if shard is not None else ""
         for name, result in results.items():
-            print(name, json.dumps(result["metrics"]))
+            print(f"{name}{part}", json.dumps(result["metrics"]))
     elif args.command == "check":
         print(dl.check(recipe))
     return 0

@@ -3,7 +3,8 @@
 Each step records a stamp (a hash of the settings and upstream stamps it depends on). On a rerun a step whose
 stamp matches and is complete is skipped; one that was killed resumes; one whose settings changed is redone,
 and so is everything downstream of it. With `processes=N` > 1 the rollout, training and evaluation steps run
-in N local processes (`drift_lite.processes`); their outputs are the same files.
+in N local processes (`drift_lite.processes`; online RL's training stays in this one); their outputs are the
+same files.
 """
 
 from __future__ import annotations
@@ -121,12 +122,13 @@ def run(
     """
 
     from drift_lite import models
-    from drift_lite.processes import check_processes
+    from drift_lite.processes import check_devices, check_processes
 
     processes = check_processes(processes)
     root = Path(out_dir)
     # the model first: a name that is neither a local folder nor reachable fails before --out is touched
     models.resolve_model_path(recipe.model, recipe.toy)
+    check_devices(recipe.model, processes)
     if root.exists() and not root.is_dir():
         raise UserError(f"{root}: exists and is not a folder")
     try:

@@ -40,6 +40,23 @@ def check_processes(processes: object) -> int:
     return processes
 
 
+def check_devices(model, processes: int) -> None:
+    """Refuse more processes than CUDA devices for a CUDA run (DDP gives each process its own GPU)."""
+    if processes == 1:
+        return
+    from drift_lite.models import resolve_device
+
+    if resolve_device(model) != "cuda":
+        return
+    import torch
+
+    count = torch.cuda.device_count()
+    if count < processes:
+        raise UserError(
+            f"--processes {processes}: {count} CUDA device(s) visible here; use at most one process per GPU"
+        )
+
+
 def child_env(processes: int, device: str | None = None) -> dict[str, str]:
     """The environment of a child: this kit's code first on the path, no launcher variables, and, unless set,
     the CPU's threads divided among the processes (N processes each using every core slow each other)."""

@@ -99,3 +99,17 @@ def test_processes_under_a_launcher_or_below_one_are_refused_in_one_line(tmp_pat
 def test_the_recipe_a_run_writes_loads_back_as_the_same_recipe(two_process_run):
     folder, root = two_process_run
     assert load_recipe(root / "recipe.yaml").to_dict() == tiny_recipe(folder).to_dict()
+
+
+def test_more_processes_than_gpus_is_refused_for_a_cuda_run(monkeypatch):
+    import torch
+
+    from drift_lite.processes import check_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    model = load_recipe(None, ["model.device=auto"]).model
+    check_devices(model, 1)
+    with pytest.raises(UserError, match="--processes 2: 1 CUDA device.* one process per GPU"):
+        check_devices(model, 2)
+    check_devices(load_recipe(None, ["model.device=cpu"]).model, 2)  # CPU processes share the cores
