@@ -53,11 +53,22 @@ def rollout(
 
 
 def merge(parts: Sequence[PathLike], out: PathLike) -> dict:
-    """Join rollout shards into one file in the kit's prompt order, equal to a one-process rollout; refuses a
-    duplicated or missing prompt, an incomplete group, an unfinished part and parts of other settings.
+    """Join shards into what one process writes: rollout files into one file in the kit's prompt order, or
+    evaluation part folders (`evaluate(..., shard=...)`) into one eval folder; refuses a duplicated or missing
+    prompt, an incomplete group, an unfinished part and parts of other settings.
 
     >>> dl.merge(["part0.jsonl", "part1.jsonl"], "rollouts.jsonl")  # {'prompts': 256, ...}
+    >>> dl.merge(["eval-0", "eval-1"], "eval-trained")["sets"]["toy"]["metrics"]  # folders: an evaluation
     """
+    from drift_lite.errors import UserError
+
+    folders = [os.path.isdir(p) for p in parts]
+    if parts and all(folders):
+        from drift_lite.evaluation import merge_evals
+
+        return merge_evals(list(parts), out)
+    if any(folders):
+        raise UserError("merge: give rollout part files or evaluation part folders, not both")
     from drift_lite.shards import merge as _merge
 
     return _merge(list(parts), out)
@@ -93,9 +104,15 @@ def train(
 
 
 def evaluate(
-    recipe: RecipeLike, out: PathLike, *, adapter: PathLike | None = None, show_progress: bool = True
+    recipe: RecipeLike,
+    out: PathLike,
+    *,
+    adapter: PathLike | None = None,
+    show_progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> dict:
-    """Multi-turn evaluation of the reference (or reference + `adapter`): eval-<set>.json(l) in `out`.
+    """Multi-turn evaluation of the reference (or reference + `adapter`): eval-<set>.json(l) in `out`;
+    `shard=(i, n)`: only the problems at positions i, i+n, ... into the part folder `out` (join with `merge`).
 
     >>> dl.evaluate("toy", "eval-trained", adapter="adapter")["toy"]["metrics"]["multi@5"]
     """
@@ -106,6 +123,7 @@ def evaluate(
         out,
         adapter=os.fspath(adapter) if adapter is not None else None,
         show_progress=show_progress,
+        shard=shard,
     )
 
 
@@ -127,15 +145,19 @@ def run(
     force: bool = False,
     show_progress: bool = True,
     recipe_path: str | None = None,
+    processes: int = 1,
 ) -> Path:
     """The whole method in one run folder, skipping finished steps; returns the report's path.
+    `processes=N`: rollout, training (DDP) and evaluation in N local processes (`drift_lite.processes`).
 
     >>> dl.run("toy", "runs/toy-drift")  # rollout → weight → train → eval-reference/-trained → report
     """
     from drift_lite.pipeline import run as _run
 
     path = recipe_path or (None if isinstance(recipe, Recipe) else os.fspath(recipe))
-    return _run(_recipe(recipe), out, recipe_path=path, force=force, show_progress=show_progress)
+    return _run(
+        _recipe(recipe), out, recipe_path=path, force=force, show_progress=show_progress, processes=processes
+    )
 
 
 def check(recipe: RecipeLike) -> str:

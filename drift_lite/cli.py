@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import sys
 
@@ -16,13 +17,16 @@ from drift_lite.recipe import WEIGHT_SCHEMES, WeightsConfig
 
 EXAMPLES = {
     "run": "drift-lite run recipes/toy/drift.yaml --out runs/toy-drift\n"
-    "  drift-lite run recipes/toy/drift.yaml --out runs/toy-b2 weights.beta=0.2 seed=1",
+    "  drift-lite run recipes/toy/drift.yaml --out runs/toy-b2 weights.beta=0.2 seed=1\n"
+    "  drift-lite run recipes/toy/drift.yaml --out runs/toy-p2 --processes 2   # 2 local processes",
     "rollout": "drift-lite rollout recipes/toy/drift.yaml --out rollouts.jsonl rollout.n_samples=4\n"
     "  drift-lite rollout recipes/toy/drift.yaml --out part0.jsonl --shard 0/2   # then --shard 1/2, merge",
-    "merge": "drift-lite merge part0.jsonl part1.jsonl --out rollouts.jsonl",
+    "merge": "drift-lite merge part0.jsonl part1.jsonl --out rollouts.jsonl\n"
+    "  drift-lite merge eval-part0 eval-part1 --out eval-trained   # folders of `eval --shard I/N`",
     "weight": "drift-lite weight rollouts.jsonl weighted.jsonl --gamma 0.9 --beta 0.1 --drop-failed-groups",
     "train": "drift-lite train recipes/toy/drift.yaml --data weighted.jsonl --out adapter train.lr=1e-3",
-    "eval": "drift-lite eval recipes/toy/drift.yaml --adapter runs/toy-drift/adapter --out eval-trained",
+    "eval": "drift-lite eval recipes/toy/drift.yaml --adapter runs/toy-drift/adapter --out eval-trained\n"
+    "  drift-lite eval recipes/toy/drift.yaml --out eval-part0 --shard 0/2   # then --shard 1/2, merge",
     "report": "drift-lite report runs/toy-drift runs/toy-sft --out reports/compare",
     "check": "drift-lite check recipes/paper/qwen2.5-3b-metamathqa.yaml",
     "compare": "drift-lite compare recipes/toy/compare.yaml --out runs/compare",
@@ -58,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     recipe_args(p)
     p.add_argument("--out", required=True, help="run directory (created; a rerun resumes it)")
     p.add_argument("--force", action="store_true", help="reuse a folder that holds another recipe's run")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run rollout, training and evaluation in N local processes (default 1: this one)",
+    )
 
     p = add(
         "rollout", "Sample multi-turn trajectories from the reference model into a JSONL file (resumable)."
@@ -70,9 +81,15 @@ def _parser() -> argparse.ArgumentParser:
         help="play only shard I of N (I from 0: prompts at positions I, I+N, ...); join parts with `merge`",
     )
 
-    p = add("merge", "Join rollout shards (`rollout --shard I/N`) into one file in the kit's prompt order.")
-    p.add_argument("parts", nargs="+", metavar="PART", help="one file per shard 0..N-1, in any order")
-    p.add_argument("--out", required=True, help="the merged rollouts JSONL file")
+    p = add(
+        "merge",
+        "Join shards into what one process writes: rollout files (`rollout --shard I/N`) into one file in "
+        "the kit's prompt order, or evaluation part folders (`eval --shard I/N`) into one eval folder.",
+    )
+    p.add_argument(
+        "parts", nargs="+", metavar="PART", help="one file (rollout) or folder (eval) per shard 0..N-1"
+    )
+    p.add_argument("--out", required=True, help="the merged rollouts JSONL file, or the eval folder")
 
     p = add("weight", "Returns and per-prompt self-normalized weights: IN rows plus `return` and `weight`.")
     p.add_argument("input", metavar="IN", help="rollouts JSONL (the release's schema)")
@@ -115,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     recipe_args(p)
     p.add_argument("--adapter", help="adapter folder (default: evaluate the reference model)")
     p.add_argument("--out", required=True, help="folder for eval-<set>.json and eval-<set>.jsonl")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="evaluate only shard I of N of each set's problems into the part folder --out; join: `merge`",
+    )
 
     p = add("report", "Markdown report and PNG plots across run directories.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
@@ -187,7 +209,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "merge":
         stats = dl.merge(args.parts, args.out)
-        print(" ".join(f"{k}={v}" for k, v in stats.items()))
+        if "sets" in stats:  # evaluation parts: one line per set, as `eval` prints them
+            for name, result in stats["sets"].items():
+                print(name, json.dumps(result["metrics"]))
+        else:
+            print(" ".join(f"{k}={v}" for k, v in stats.items()))
         return 0
     if args.command == "theory":
         from pathlib import Path
@@ -209,7 +235,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     recipe = dl.load_recipe(args.recipe, args.overrides)
     _check_out(args)  # after the recipe's own checks, before a model loads
     if args.command == "run":
-        dl.run(recipe, args.out, force=args.force, show_progress=show, recipe_path=args.recipe)
+        dl.run(
+            recipe,
+            args.out,
+            force=args.force,
+            show_progress=show,
+            recipe_path=args.recipe,
+            processes=args.processes,
+        )
     elif args.command == "rollout":
         from drift_lite.shards import parse_shard
 
@@ -221,11 +254,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch: one summary line
             print(" ".join(f"{k}={v}" for k, v in stats.items() if not isinstance(v, (dict, list))))
     elif args.command == "eval":
-        import json
+        from drift_lite.shards import parse_shard
 
-        results = dl.evaluate(recipe, args.out, adapter=args.adapter, show_progress=show)
+        shard = parse_shard(args.shard) if args.shard is not None else None
+        results = dl.evaluate(recipe, args.out, adapter=args.adapter, show_progress=show, shard=shard)
+        if shard is None and os.environ.get("RANK", "0") != "0":
+            return 0  # under a launcher: rank 0 prints the merged metrics
+        part = f" (shard {args.shard}: its problems only)" if shard is not None else ""
         for name, result in results.items():
-            print(name, json.dumps(result["metrics"]))
+            print(f"{name}{part}", json.dumps(result["metrics"]))
     elif args.command == "check":
         print(dl.check(recipe))
     return 0

@@ -11,8 +11,15 @@ Training (QLoRA as `models.prepare_for_training` sets it up; peak of one micro-b
   lora: every weight in `model.dtype`; full: see the next item.
 - trainable + AdamW: LoRA parameters are fp32: weight + grad + 2 moments = 16 bytes each. Full fine-tuning
   keeps all four in `model.dtype` (4 x its bytes per parameter).
-- activations: the training forward runs without autocast, so after the fp32 upcast the residual stream is
-  fp32 (qlora; else `model.dtype`). Tensors autograd keeps per token and layer: ~(14h + 3I + T) elements,
+- activations (`activation_bytes`): after the fp32 upcast the residual stream, and so the checkpointed layer
+  inputs, is fp32 (qlora; else `model.dtype`). Weighted SFT on CUDA with `model.dtype: bfloat16` runs under
+  bf16 autocast (`use_bf16`, the very function training.py sets the Trainer's `bf16` flag with). With nf4
+  that saves little: bitsandbytes' 4-bit layers cast their output back to their input's dtype (fp32), so
+  only the LoRA path and the casts are bf16: measured with saved-tensor hooks on CPU (test_costs), a layer
+  keeps 13% fewer bytes than without autocast, counted as 3.5 bytes per element (NF4_AUTOCAST_BYTES; not
+  measured on a GPU). lora under autocast holds bf16 weights: 2 bytes. Without autocast (CPU, another dtype,
+  online RL's update, which does not use it) the kept tensors are in the residual stream's dtype. Tensors
+  autograd keeps per token and layer: ~(14h + 3I + T) elements,
   fitted to saved-tensor-hook counts of CPU runs of small Qwen2 shapes (h 256-512, I 1024-2048, T 256-512)
   in nf4 + LoRA q/k/v/o (the T term is a per-layer mask-sized tensor of CPU attention; CUDA SDPA keeps
   less). On CUDA the kit checkpoints every decoder layer (`models.use_gradient_checkpointing`): L layer
@@ -63,6 +70,9 @@ FEEDBACK_TOKENS = {"simple": 20, "full": 80}  # user feedback turn + chat-templa
 SHOT_TOKENS = 150  # one worked example (user + assistant turn)
 CUDA_FIXED = 0.5 * GIB
 FRAGMENTATION = 1.10
+# bytes per kept activation element of an nf4 + LoRA layer under bf16 autocast: 4 x 26508 / 30332 (bytes a
+# layer saved per token with / without autocast, measured on CPU by test_costs; Qwen2 h 256, I 1376, T 256)
+NF4_AUTOCAST_BYTES = 3.5
 
 # Time assumptions: one RTX 3090/4090-class GPU (~1 TB/s, 36-83 bf16 TFLOP/s peak; a 12 GB RTX 3060 is 2-3x
 # slower), HF `generate` in eager mode:
@@ -70,7 +80,7 @@ LAYER_STEP_S = (0.5e-3, 1.0e-3)  # per decoder layer per decoding step: kernel l
 BANDWIDTH = (1000e9, 900e9)  # bytes/s of GPU memory
 NF4_STEP_BYTES = 4.5  # bytes moved per nf4 weight per step: read nf4, write and read a bf16 copy (batch > 1)
 GUMBEL_S_PER_ENTRY = (2.5e-9, 7e-9)  # CPU RNG of rollout.PerRowGumbelSampler per vocab entry (6.4 ns here)
-GPU_FLOPS = (25e12, 10e12)  # effective FLOP/s of QLoRA training (~30% of bf16 peak: fp32 activations)
+GPU_FLOPS = (25e12, 10e12)  # effective FLOP/s of QLoRA training (~30% of bf16 peak; assumed, not measured)
 PREFILL_FLOPS = (50e12, 20e12)  # effective FLOP/s of prefill (large bf16 matmuls, ~55% of peak)
 TURNS = (2.0, 3.5)  # mean turns per trajectory: about half solved at turn 1, failures run all turns
 EVAL_TURNS = (1.5, 3.0)  # the same when decoding greedily (more problems solved at turn 1)
@@ -179,6 +189,28 @@ def _dtype_bytes(dtype: str) -> int:
     return 4 if dtype == "float32" else 2
 
 
+def use_bf16(model_dtype: str, device: str) -> bool:
+    """Whether weighted SFT trains under bf16 autocast (the Trainer's `bf16` flag): on CUDA when the recipe's
+    dtype is bfloat16; a CPU stays fp32. training.py and `drift-lite check` both ask this function."""
+    return device == "cuda" and model_dtype == "bfloat16"
+
+
+def activation_bytes(finetune: str, model_dtype: str, bf16: bool) -> tuple[int, float]:
+    """(residual stream, kept tensors) bytes per element in training: qlora's upcast makes the residual
+    stream fp32 (else `model_dtype`); bf16 autocast shrinks the kept tensors (see the module docstring)."""
+    residual = 4 if finetune == "qlora" else _dtype_bytes(model_dtype)
+    if not bf16:
+        return residual, residual
+    return residual, NF4_AUTOCAST_BYTES if finetune == "qlora" else 2
+
+
+def precision_label(finetune: str, model_dtype: str, bf16: bool) -> str:
+    """What `drift-lite check` says of training's activations."""
+    if bf16:
+        return "bf16 autocast" + (" (nf4 layers return fp32)" if finetune == "qlora" else "")
+    return f"{'float32' if finetune == 'qlora' else model_dtype} activations"
+
+
 @dataclass(frozen=True)
 class Lengths:
     """Token lengths the estimates use."""
@@ -217,11 +249,13 @@ def training_memory(
     batch: int | None = None,
     scored: int | None = None,
     logit_copies: int = 3,
+    bf16: bool = False,
 ) -> dict[str, float]:
     """Peak memory of one training micro-batch by part, plus `total` (see the module docstring); `batch`
     (default train.batch_size), `scored` positions (default: the last turn, or all turns with target all)
-    and fp32 `logit_copies` of K x V are set by the online update."""
-    t, act_bytes = recipe.train, _dtype_bytes(recipe.model.dtype)
+    and fp32 `logit_copies` of K x V are set by the online update; `bf16`: under autocast (`use_bf16`)."""
+    t, weight_bytes = recipe.train, _dtype_bytes(recipe.model.dtype)
+    residual_bytes, act_bytes = activation_bytes(t.finetune, recipe.model.dtype, bf16)
     batch = t.batch_size if batch is None else batch
     unquantized = arch.embedding_params() + arch.small_params()
     parts: dict[str, float] = {}
@@ -229,17 +263,17 @@ def training_memory(
         parts["nf4 weights"] = arch.linear_params() * NF4_BITS / 8
         parts["fp32 embeddings/norms"] = unquantized * 4
         parts["LoRA, grads, AdamW"] = arch.lora_params(t.lora_r, t.target_modules) * 16
-        act_bytes = 4
     elif t.finetune == "lora":
-        parts["weights"] = arch.total_params() * act_bytes
+        parts["weights"] = arch.total_params() * weight_bytes
         parts["LoRA, grads, AdamW"] = arch.lora_params(t.lora_r, t.target_modules) * 16
     else:
-        parts["weights, grads, AdamW"] = arch.total_params() * act_bytes * 4
+        parts["weights, grads, AdamW"] = arch.total_params() * weight_bytes * 4
     tokens = batch * seq_len
     layer = tokens * (14 * arch.hidden + 3 * arch.intermediate + seq_len) * act_bytes
     if checkpointing:
-        parts["layer inputs"] = arch.layers * tokens * arch.hidden * act_bytes
-        parts["recomputed layer"] = layer + 2 * tokens * arch.hidden * act_bytes  # + gradients in flight
+        parts["layer inputs"] = arch.layers * tokens * arch.hidden * residual_bytes
+        # + the gradients in flight, which follow the residual stream
+        parts["recomputed layer"] = layer + 2 * tokens * arch.hidden * residual_bytes
     else:
         parts["activations"] = arch.layers * layer
     if scored is None:

@@ -2,7 +2,9 @@
 
 Each step records a stamp (a hash of the settings and upstream stamps it depends on). On a rerun a step whose
 stamp matches and is complete is skipped; one that was killed resumes; one whose settings changed is redone,
-and so is everything downstream of it.
+and so is everything downstream of it. With `processes=N` > 1 the rollout, training and evaluation steps run
+in N local processes (`drift_lite.processes`; online RL's training stays in this one); their outputs are the
+same files.
 """
 
 from __future__ import annotations
@@ -111,17 +113,22 @@ def run(
     recipe_path: str | None = None,
     force: bool = False,
     show_progress: bool = True,
+    processes: int = 1,
 ) -> Path:
     """The whole method in `out_dir`, one writer at a time (a second process is refused); returns the report.
+    `processes=N` > 1 runs rollout, training and evaluation in N local processes (`drift_lite.processes`).
 
     >>> run(load_recipe("recipes/toy/drift.yaml"), "runs/toy-drift")
     """
 
     from drift_lite import models
+    from drift_lite.processes import check_devices, check_processes
 
+    processes = check_processes(processes)
     root = Path(out_dir)
     # the model first: a name that is neither a local folder nor reachable fails before --out is touched
     models.resolve_model_path(recipe.model, recipe.toy)
+    check_devices(recipe.model, processes)
     if root.exists() and not root.is_dir():
         raise UserError(f"{root}: exists and is not a folder")
     try:
@@ -129,18 +136,26 @@ def run(
     except OSError as e:
         raise UserError(f"{root}: cannot create the run folder ({e.strerror or e})") from None
     with exclusive_lock(root):
-        return _run_locked(recipe, root, recipe_path=recipe_path, force=force, show_progress=show_progress)
+        return _run_locked(
+            recipe,
+            root,
+            recipe_path=recipe_path,
+            force=force,
+            show_progress=show_progress,
+            processes=processes,
+        )
 
 
 def _run_locked(
-    recipe: Recipe, root: Path, *, recipe_path: str | None, force: bool, show_progress: bool
+    recipe: Recipe, root: Path, *, recipe_path: str | None, force: bool, show_progress: bool, processes: int
 ) -> Path:
     """`run` while this process holds the run folder's lock."""
     from drift_lite import models, versions
-    from drift_lite.evaluation import evaluate, set_name
+    from drift_lite import processes as procs
+    from drift_lite.evaluation import eval_settings, evaluate, set_name
     from drift_lite.reporting import summary_lines, write_report
-    from drift_lite.rollouts import env_identity, rollout, rollout_settings
     from drift_lite.rollouts import is_complete as rollout_complete
+    from drift_lite.rollouts import rollout, rollout_settings
     from drift_lite.training import is_complete as train_complete
     from drift_lite.training import train as train_step
     from drift_lite.weights import diagnostics_path, weight_file
@@ -161,8 +176,14 @@ def _run_locked(
             base["model"] = models.load_model(path, recipe.model)
         return base["model"], base["tokenizer"]
 
+    # the children of `processes` read the recipe as this run wrote it (recipe.yaml, provenance as comments)
+    recipe_file, logs = root / "recipe.yaml", root / "logs"
+
     def do_rollout(resume: bool) -> dict:
         """Sample the trajectories (rollout() resumes a partial file by itself)."""
+        if processes > 1:
+            stats = procs.rollout(recipe_file, root / "rollouts.jsonl", processes, logs, fresh=not resume)
+            return {k: stats[k] for k in ("generated_tokens", "prompts")} | {"processes": processes}
         model, tokenizer = base_model()
         stats = rollout(
             recipe, root / "rollouts.jsonl", model=model, tokenizer=tokenizer, show_progress=show_progress
@@ -181,9 +202,12 @@ def _run_locked(
     def do_train(resume: bool) -> dict:
         """Weighted SFT into adapter/ (resumes from its last complete checkpoint)."""
         base.clear()  # free the reference model while training
-        stats = train_step(
-            recipe, root / "weighted.jsonl", root / "adapter", resume=resume, show_progress=show_progress
-        )
+        if processes > 1:
+            stats = procs.train(recipe_file, root / "weighted.jsonl", root / "adapter", processes, logs)
+        else:
+            stats = train_step(
+                recipe, root / "weighted.jsonl", root / "adapter", resume=resume, show_progress=show_progress
+            )
         # train_tokens: non-padding tokens the optimizer saw (all epochs, across resumes); target_tokens: the
         # supervised (unmasked) tokens of one epoch
         return {
@@ -198,6 +222,9 @@ def _run_locked(
 
         def fn(resume: bool) -> dict:
             """Evaluate every eval set (from scratch: an evaluation is rewritten whole)."""
+            if processes > 1:
+                merged = procs.evaluate(recipe_file, root / f"eval-{label}", processes, logs, adapter)
+                return {"generated_tokens": merged["generated_tokens"], "processes": processes}
             kwargs = {}
             if adapter is None:
                 kwargs["model"], kwargs["tokenizer"] = base_model()
@@ -214,15 +241,9 @@ def _run_locked(
 
     data = recipe.to_dict()
     model_key = {"model": models.model_identity(recipe.model, recipe.toy)}
-    # Rows do not depend on the batch they shared (per-trajectory seeds), as for the rollout: batch_size is
-    # left out so that changing it reruns nothing.
-    eval_key = {
-        **model_key,
-        "env": env_identity(recipe),
-        "eval": {k: v for k, v in data["eval"].items() if k != "batch_size"},
-        "task_seed": recipe.task.seed,
-        "seed": recipe.seed,
-    }
+    # Rows do not depend on the batch they shared nor on the process that played them (per-trajectory seeds),
+    # as for the rollout: changing the batch size or the process count reruns nothing.
+    eval_key = eval_settings(recipe)
     rollouts, weighted, adapter = root / "rollouts.jsonl", root / "weighted.jsonl", root / "adapter"
     set_names = [set_name(s) for s in recipe.eval.sets]
 
@@ -286,7 +307,8 @@ def _run_locked(
             ),
             Step(
                 "train",
-                {"train": data["train"], **model_key},
+                # train.batch_size is per process: the process count changes the global batch
+                {"train": data["train"], **model_key, **({"processes": processes} if processes > 1 else {})},
                 [adapter],
                 do_train,
                 ("weight",),

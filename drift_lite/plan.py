@@ -29,6 +29,7 @@ from drift_lite.costs import (
     online_memory,
     training_hours,
     training_memory,
+    use_bf16,
 )
 from drift_lite.errors import UserError
 from drift_lite.recipe import check_recipe
@@ -242,6 +243,7 @@ class Plan:
     hours: dict[str, tuple[float, float]]  # phase -> (low, high); empty on a CPU
     measured: Measured | None  # first-prompt lengths; None: the tokenizer is not here (costs.PROMPT_TOKENS)
     tokenizer: str  # which tokenizer measured them, or why none did
+    bf16: bool = False  # whether weighted-SFT training runs under bf16 autocast (costs.use_bf16)
 
     def peak(self, phase: str) -> float:
         """Estimated peak bytes of a phase (`training`, `rollout`, `evaluation`) as a GPU reports it."""
@@ -305,6 +307,9 @@ def make_plan(recipe, tokenizer: tuple[object | None, str] | None = None) -> Pla
     roll_len = lengths(recipe, r.max_new_tokens, *first)
     eval_len = lengths(recipe, ev.max_new_tokens, *eval_first, turns=eval_turns)
     seq = min(tr.max_length, roll_len.context)
+    # weighted SFT trains under bf16 autocast where training.py does (the same `use_bf16`); online RL's
+    # update does not use autocast
+    bf16 = not online and use_bf16(m.dtype, "cuda" if gpu else "cpu")
     if online:  # one optimizer step per iteration
         steps = o.iterations
         memory = online_memory(arch, recipe, roll_len, eval_len, checkpointing=gpu)
@@ -315,7 +320,7 @@ def make_plan(recipe, tokenizer: tuple[object | None, str] | None = None) -> Pla
             else math.ceil(trajectories * tr.epochs / (tr.batch_size * tr.grad_accum))
         )
         memory = {
-            "training": training_memory(arch, recipe, seq, checkpointing=gpu),
+            "training": training_memory(arch, recipe, seq, checkpointing=gpu, bf16=bf16),
             "rollout": generation_memory(arch, m, r.batch_size, roll_len),
         }
     memory["evaluation"] = generation_memory(arch, m, ev.batch_size, eval_len)
@@ -353,4 +358,5 @@ def make_plan(recipe, tokenizer: tuple[object | None, str] | None = None) -> Pla
         hours,
         measured,
         label,
+        bf16,
     )

@@ -15,6 +15,7 @@ from drift_lite.costs import (
     gpu_class,
     kept_episodes,
     policy_model,
+    precision_label,
     size,
     step_seconds,
 )
@@ -69,6 +70,7 @@ def format_plan(recipe, p: Plan) -> str:
     where = "GPU memory" if p.gpu else "memory (host RAM: a CPU run, no checkpointing)"
     lines.append(f"peak {where}, estimated (formulas in drift_lite/costs.py):")
     checkpointed = ", checkpointed" if p.gpu else ""
+    checkpointed = f", {precision_label(tr.finetune, m.dtype, p.bf16)}{checkpointed}"
     batches = {
         "training": f"micro-batch {tr.batch_size} x {p.train_seq} tokens{checkpointed}",
         "rollout": f"batch {r.batch_size} x {p.rollout_lengths.context} tokens",

@@ -34,12 +34,14 @@ __all__ = [
     "iter_groups",
     "merge",
     "parse_shard",
+    "parts_in_order",
     "prompt_order",
     "shard_of",
     "shard_path",
     "shard_slice",
     "use_local_device",
     "wait_for_parts",
+    "write_interleaved",
 ]
 
 Shard = tuple[int, int]
@@ -242,7 +244,6 @@ def merge(parts: list[str | os.PathLike], out: str | os.PathLike) -> dict:
             raise UserError(f"{out}: is one of the parts; merge into another file")
     metas = [_part_meta(p) for p in paths]
     first, first_meta = paths[0], metas[0]
-    split = shard_of(first_meta) or (0, 1)
     for path, meta in zip(paths[1:], metas[1:]):
         if meta["settings"] != first_meta["settings"]:
             changed = ", ".join(changed_keys(first_meta["settings"], meta["settings"]))
@@ -251,24 +252,8 @@ def merge(parts: list[str | os.PathLike], out: str | os.PathLike) -> dict:
             raise UserError(
                 f"{path}: made from other prompts than {first} (another task data or kit version)"
             )
-        if (shard_of(meta) or (0, 1))[1] != split[1]:
-            raise UserError(
-                f"{path}: shard {_shown(meta)} is of another split than {first} ({_shown(first_meta)})"
-            )
-    count = split[1]
-    by_index: dict[int, Path] = {}
-    for path, meta in zip(paths, metas):
-        index = (shard_of(meta) or (0, 1))[0]
-        if index in by_index:
-            raise UserError(
-                f"{path}: duplicated prompts: it is shard {index}/{count} again (as {by_index[index]})"
-            )
-        by_index[index] = path
-    missing = [f"{i}/{count}" for i in range(count) if i not in by_index]
-    if missing:
-        raise UserError(
-            f"missing prompts: shard {', '.join(missing)} not given (all of 0..{count - 1} needed)"
-        )
+    ordered = parts_in_order(paths, metas)
+    count = len(ordered)
     settings = first_meta["settings"]
     n_samples = settings["rollout"]["n_samples"]
     order = first_meta["prompts"]
@@ -281,19 +266,43 @@ def merge(parts: list[str | os.PathLike], out: str | os.PathLike) -> dict:
                 fp, {"settings": settings, "prompts": _whole(order), "shard": None, "complete": False}
             )
 
-        ids = _write_interleaved(out, [by_index[i] for i in range(count)], n_samples, order, mark_unfinished)
+        ids = write_interleaved(out, ordered, n_samples, order, mark_unfinished)
         summary = {
             "prompts": len(ids),
             "trajectories": len(ids) * n_samples,
             "parts": count,
             "generated_tokens": sum(int(m.get("stats", {}).get("generated_tokens", 0)) for m in metas),
         }
-        stats = {**summary, "merged_from": [str(by_index[i]) for i in range(count)]}
+        stats = {**summary, "merged_from": [str(p) for p in ordered]}
         write_json_atomic(
             fp,
             {"settings": settings, "prompts": _whole(order), "shard": None, "complete": True, "stats": stats},
         )
     return summary
+
+
+def parts_in_order(paths: list[Path], metas: list[dict]) -> list[Path]:
+    """The parts by shard index 0..n-1 (`metas`: their records, with `shard` as `shard_of` reads it); refuse
+    (one line) a part of another split, a shard given twice or a missing one."""
+    first, count = paths[0], (shard_of(metas[0]) or (0, 1))[1]
+    by_index: dict[int, Path] = {}
+    for path, meta in zip(paths, metas):
+        index, split = shard_of(meta) or (0, 1)
+        if split != count:
+            raise UserError(
+                f"{path}: shard {_shown(meta)} is of another split than {first} ({_shown(metas[0])})"
+            )
+        if index in by_index:
+            raise UserError(
+                f"{path}: duplicated prompts: it is shard {index}/{count} again (as {by_index[index]})"
+            )
+        by_index[index] = path
+    missing = [f"{i}/{count}" for i in range(count) if i not in by_index]
+    if missing:
+        raise UserError(
+            f"missing prompts: shard {', '.join(missing)} not given (all of 0..{count - 1} needed)"
+        )
+    return [by_index[i] for i in range(count)]
 
 
 def _whole(order: dict) -> dict:
@@ -305,7 +314,7 @@ def _shown(meta: dict) -> str:
     return "0/1 (a whole run)" if shard is None else f"{shard[0]}/{shard[1]}"
 
 
-def _write_interleaved(
+def write_interleaved(
     out: Path, parts: list[Path], n_samples: int, order: dict, before_replace: Callable[[], None]
 ) -> list[str]:
     """Write the parts' groups round-robin (position p comes from shard p mod n) into `out` atomically;

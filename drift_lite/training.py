@@ -23,7 +23,8 @@ The data side lives in `examples.py` (rows → masked examples, collator, step o
   trainable weight becomes non-finite (nothing of that run is kept); weighted rows sampled from another model
   than the recipe's, or data the tokenizer mostly cannot encode, stop with one line unless `force=True`.
 - **Precision.** On CUDA with `model.dtype: bfloat16` the Trainer's `bf16` flag (autocast) runs the compute
-  in bf16 while the LoRA weights stay fp32; on a CPU everything stays fp32.
+  in bf16 while the LoRA weights stay fp32; on a CPU everything stays fp32 (`use_bf16`, defined in costs.py
+  so that `drift-lite check`'s memory estimate follows the same rule).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Sampler
 
+from drift_lite.costs import use_bf16 as use_bf16  # one rule for training and `drift-lite check`'s estimate
 from drift_lite.errors import UserError
 from drift_lite.examples import (
     Example,
@@ -193,11 +195,6 @@ def _say(message: str) -> None:
 def _progress(show: bool, message: str) -> None:
     if show:
         _say(message)
-
-
-def use_bf16(model_dtype: str, device: str) -> bool:
-    """Whether to train with bf16 autocast: on CUDA when the recipe's dtype is bfloat16 (CPU stays fp32)."""
-    return device == "cuda" and model_dtype == "bfloat16"
 
 
 def training_arguments(

@@ -109,9 +109,11 @@ def test_local_model_folder_is_read_from_config_json(tmp_path):
 
 
 @pytest.mark.slow
-def test_activation_coefficients_match_saved_tensors(tmp_path):
-    """The (14h + 3I + T) elements per token and layer of the training estimate, measured again: the bytes
-    autograd saves for one more decoder layer of an nf4 + LoRA Qwen2 (CPU, fp32 activations: upcast)."""
+@pytest.mark.parametrize("autocast", [False, True])
+def test_activation_coefficients_match_saved_tensors(tmp_path, autocast):
+    """The (14h + 3I + T) elements per token and layer of the training estimate at its bytes per element,
+    measured again: the bytes autograd saves for one more decoder layer of an nf4 + LoRA Qwen2 on CPU, without
+    autocast (fp32: upcast) and under bf16 autocast (as training.py trains on CUDA: NF4_AUTOCAST_BYTES)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -154,13 +156,15 @@ def test_activation_coefficients_match_saved_tensors(tmp_path):
             return t
 
         ids = torch.randint(0, 512, (batch, seq))
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), hooks:
             model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
         return sum(storages.values())
 
-    per_token = (saved_bytes(2) - saved_bytes(1)) / (batch * seq) / 4
-    print(f"saved fp32 elements per token and layer: {per_token:.0f}")
-    assert per_token == pytest.approx(14 * hidden + 3 * inter + seq, rel=0.1)
+    per_token = (saved_bytes(2) - saved_bytes(1)) / (batch * seq)
+    _, kept = costs.activation_bytes("qlora", "bfloat16", bf16=autocast)
+    print(f"saved bytes per token and layer (autocast {autocast}): {per_token:.0f}")
+    assert per_token == pytest.approx((14 * hidden + 3 * inter + seq) * kept, rel=0.1)
 
 
 def test_lengths_from_a_measured_first_prompt():
@@ -243,3 +247,36 @@ def test_the_policy_generates_as_the_training_model_is_loaded():
     paper = load_recipe(PAPER_ONLINE, ["train.finetune=lora"])
     policy = costs.policy_model(paper.model, paper.train)
     assert (policy.quantization, policy.dtype) == ("none", "bfloat16")
+
+
+def test_training_and_the_estimate_share_the_bf16_rule():
+    from drift_lite import training
+
+    assert training.use_bf16 is costs.use_bf16  # one function: the estimate cannot drift from the code
+    assert costs.use_bf16("bfloat16", "cuda") and not costs.use_bf16("bfloat16", "cpu")
+    assert not costs.use_bf16("float16", "cuda") and not costs.use_bf16("float32", "cuda")
+
+
+def test_bf16_autocast_shrinks_the_kept_tensors_not_the_fp32_residual_stream():
+    recipe = load_recipe(PAPER_3B)
+    arch = costs.KNOWN_ARCHS["Qwen/Qwen2.5-3B-Instruct"]
+    fp32, bf16 = (
+        costs.training_memory(arch, recipe, 3040, checkpointing=True, bf16=b) for b in (False, True)
+    )
+    h, i, tokens = 2048, 11008, 4 * 3040
+    assert bf16["layer inputs"] == fp32["layer inputs"] == 36 * tokens * h * 4  # nf4 layers return fp32
+    kept = tokens * (14 * h + 3 * i + 3040)
+    assert fp32["recomputed layer"] == kept * 4 + 2 * tokens * h * 4
+    assert bf16["recomputed layer"] == pytest.approx(kept * costs.NF4_AUTOCAST_BYTES + 2 * tokens * h * 4)
+    # here the logits outweigh the recomputed layer (the peak counts the larger): the total stays
+    assert bf16["recomputed layer"] < fp32["recomputed layer"] < fp32["logits"]
+    assert bf16["total"] == fp32["total"]
+    few = {"checkpointing": True, "scored": 4}  # few scored positions: the recomputed layer is the peak
+    assert costs.training_memory(arch, recipe, 3040, bf16=True, **few)["total"] == pytest.approx(
+        costs.training_memory(arch, recipe, 3040, bf16=False, **few)["total"]
+        - kept * (4 - costs.NF4_AUTOCAST_BYTES)
+    )
+    # lora under autocast holds bf16 weights and activations; without autocast fp32 weights keep fp32
+    assert costs.activation_bytes("lora", "bfloat16", bf16=True) == (2, 2)
+    assert costs.activation_bytes("lora", "float32", bf16=False) == (4, 4)
+    assert costs.activation_bytes("qlora", "float16", bf16=False) == (4, 4)

@@ -217,3 +217,120 @@ def test_a_failed_write_leaves_no_output_folder(base_dir, tmp_path, monkeypatch)
     with pytest.raises(OSError, match="No space left"):
         evaluate(recipe_for(base_dir), tmp_path / "out", show_progress=False)
     assert not (tmp_path / "out").exists()
+
+
+# Sharded evaluation (`shard=(i, n)`, `merge_evals`): merged parts equal a one-process evaluation
+
+SHARDED = {"task": "toy", "size": 7, "name": "toy7"}  # 7 problems: shards of 4 and 3
+
+
+def sharded_recipe(base_dir: Path, *extra: str):
+    """Two eval sets (one with 7 problems, split unevenly), greedy, as `recipe_for`."""
+    return recipe_for(base_dir, f"eval.sets=[{json.dumps(EVAL_SET)}, {json.dumps(SHARDED)}]", *extra)
+
+
+@pytest.fixture(scope="module")
+def eval_parts(base_dir, tmp_path_factory) -> tuple[Path, list[Path]]:
+    """A one-process evaluation and its two shards (each with another batch size)."""
+    root = tmp_path_factory.mktemp("eval-shards")
+    evaluate(sharded_recipe(base_dir), root / "one", show_progress=False)
+    parts = [root / "part-0", root / "part-1"]
+    evaluate(sharded_recipe(base_dir, "eval.batch_size=3"), parts[0], show_progress=False, shard=(0, 2))
+    evaluate(sharded_recipe(base_dir, "eval.batch_size=2"), parts[1], show_progress=False, shard=(1, 2))
+    return root / "one", parts
+
+
+def test_two_merged_eval_shards_equal_a_one_process_evaluation(eval_parts, tmp_path):
+    from drift_lite.evaluation import merge_evals
+
+    one, parts = eval_parts
+    for i, part in enumerate(parts):
+        record = json.loads((part / "shard.json").read_text())
+        assert record["shard"] == {"index": i, "count": 2} and record["complete"]
+        assert not (part / "eval-toy7.json").exists()  # a part's metrics are not the set's
+    assert (
+        len(read_rows(parts[0] / "eval-toy7.jsonl")) == 4
+        and len(read_rows(parts[1] / "eval-toy7.jsonl")) == 3
+    )
+    stats = merge_evals(list(reversed(parts)), tmp_path / "merged")  # the order given does not matter
+    assert stats["parts"] == 2 and stats["generated_tokens"] > 0
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == sorted(p.name for p in one.iterdir())
+    for name in ("toy6", "toy7"):
+        merged = (tmp_path / "merged" / f"eval-{name}.jsonl").read_bytes()
+        whole = (one / f"eval-{name}.jsonl").read_bytes()
+        assert set(merged.splitlines()) == set(whole.splitlines()) and merged == whole
+        metrics = json.loads((one / f"eval-{name}.json").read_text())
+        assert stats["sets"][name]["metrics"] == metrics
+        assert (tmp_path / "merged" / f"eval-{name}.json").read_text() == (
+            one / f"eval-{name}.json"
+        ).read_text()
+
+
+def test_merge_evals_refuses_a_missing_duplicated_unfinished_or_mixed_part(base_dir, eval_parts, tmp_path):
+    import shutil
+
+    from drift_lite.evaluation import merge_evals
+
+    _, parts = eval_parts
+    refusals = {
+        "missing prompts: shard 1/2": [parts[0]],
+        "duplicated prompts: it is shard 0/2 again": [parts[0], shutil.copytree(parts[0], tmp_path / "copy")],
+    }
+    unfinished = shutil.copytree(parts[1], tmp_path / "unfinished")
+    record = json.loads((unfinished / "shard.json").read_text())
+    (unfinished / "shard.json").write_text(json.dumps({**record, "complete": False}))
+    refusals["unfinished"] = [parts[0], unfinished]
+    other = tmp_path / "other"
+    evaluate(sharded_recipe(base_dir, "eval.max_new_tokens=6"), other, show_progress=False, shard=(1, 2))
+    refusals[r"other evaluation settings than .* \(eval.max_new_tokens\)"] = [parts[0], other]
+    refusals["not a part"] = [parts[0], tmp_path]
+    for message, given in refusals.items():
+        with pytest.raises(UserError, match=message) as info:
+            merge_evals(given, tmp_path / "out")
+        assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_adapters_parts_are_not_merged_with_the_references(base_dir, adapter_dir, eval_parts, tmp_path):
+    from drift_lite.evaluation import merge_evals
+
+    _, parts = eval_parts
+    adapted = tmp_path / "adapted"
+    evaluate(sharded_recipe(base_dir), adapted, adapter=str(adapter_dir), show_progress=False, shard=(1, 2))
+    with pytest.raises(UserError, match=r"other evaluation settings .*\(adapter\)"):
+        merge_evals([parts[0], adapted], tmp_path / "out")
+
+
+def test_under_a_launcher_each_rank_evaluates_its_part_and_rank_0_merges(
+    base_dir, eval_parts, monkeypatch, tmp_path
+):
+    one, _ = eval_parts
+    out = tmp_path / "eval"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    evaluate(sharded_recipe(base_dir), out, show_progress=False)  # rank 1: its part only
+    assert (tmp_path / "eval.shard-1-of-2" / "shard.json").is_file() and not out.exists()
+    monkeypatch.setenv("RANK", "0")
+    results = evaluate(sharded_recipe(base_dir), out, show_progress=False)
+    for name in ("toy6", "toy7"):
+        assert (out / f"eval-{name}.jsonl").read_bytes() == (one / f"eval-{name}.jsonl").read_bytes()
+        assert results[name]["metrics"] == json.loads((one / f"eval-{name}.json").read_text())
+
+
+def test_the_cli_evaluates_a_shard_and_merges_folders(base_dir, eval_parts, tmp_path, capsys):
+    import yaml
+
+    from drift_lite import cli
+
+    one, parts = eval_parts
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(sharded_recipe(base_dir).to_dict()))
+    assert cli.main(["eval", str(recipe), "--out", str(tmp_path / "p1"), "--shard", "1/2"]) == 0
+    assert (tmp_path / "p1" / "eval-toy7.jsonl").read_bytes() == (parts[1] / "eval-toy7.jsonl").read_bytes()
+    capsys.readouterr()
+    assert cli.main(["merge", str(parts[0]), str(tmp_path / "p1"), "--out", str(tmp_path / "m")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed] == ["toy6", "toy7"]
+    assert (tmp_path / "m" / "eval-toy7.jsonl").read_bytes() == (one / "eval-toy7.jsonl").read_bytes()
+    assert cli.main(["merge", str(parts[0]), str(tmp_path / "m" / "eval-toy7.jsonl"), "--out", "x"]) == 2
+    assert "not both" in capsys.readouterr().err

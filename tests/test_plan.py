@@ -74,7 +74,7 @@ def test_3b_memory_estimate_is_printed_and_sane(offline, capsys):
     code, out, _ = run_check(capsys, str(PAPER_3B))
     assert code == 0
     train = _printed_gib(out, "training")
-    assert "micro-batch 4 x 3040 tokens, checkpointed" in out
+    assert "micro-batch 4 x 3040 tokens, bf16 autocast (nf4 layers return fp32), checkpointed" in out
     assert 4 < train < 24
     for phase in ("rollout", "evaluation"):
         assert 4 < _printed_gib(out, phase) < 22.35  # what a 24 GB card offers
@@ -397,3 +397,27 @@ def test_paper_compare_spec_names_every_paper_method():
     files = {Path(m.recipe).name for m in spec.methods}
     assert files == {"qwen2.5-3b-metamathqa.yaml", *PAPER_METHOD_KEYS}
     assert all(Path(m.recipe).is_file() for m in spec.methods) and len(spec.seeds) >= 3
+
+
+@pytest.mark.parametrize(
+    "overrides, gpu, bf16, said",
+    [
+        ([], True, True, "bf16 autocast (nf4 layers return fp32)"),  # as training.py trains on CUDA
+        (["model.dtype=float16"], True, False, "float32 activations"),  # no autocast: the fp32 upcast
+        (["model.device=cpu"], False, False, "float32 activations"),  # a CPU trains in fp32
+        (["train.finetune=lora"], True, True, "bf16 autocast"),
+    ],
+)
+def test_the_training_estimate_follows_the_precision_training_uses(
+    offline, capsys, overrides, gpu, bf16, said
+):
+    from drift_lite.training import use_bf16
+
+    recipe = load_recipe(PAPER_3B, overrides)
+    p = plan.make_plan(recipe)
+    assert p.gpu == gpu and p.bf16 == bf16 == use_bf16(recipe.model.dtype, "cuda" if gpu else "cpu")
+    expected = costs.training_memory(p.arch, recipe, p.train_seq, checkpointing=gpu, bf16=bf16)
+    assert p.memory["training"] == expected
+    code, out, _ = run_check(capsys, str(PAPER_3B), *overrides)
+    line = next(x for x in out.splitlines() if x.strip().startswith("training ("))
+    assert code == 0 and f", {said}" in line and ("nf4" in line) == ("nf4" in said)
