@@ -474,3 +474,20 @@ def test_a_curve_that_never_reaches_the_target_uses_its_best_trained_point_not_t
         0.8,
         0.5,
     )
+
+
+@pytest.mark.parametrize(
+    ("spec_path", "method", "expected"),
+    [
+        (TOY / "online-rl-sweep.yaml", "kl0", {"online.kl_coef": 0.0}),
+        (TOY.parent / "cpu" / "smollm2-choice-compare.yaml", "drift-controls", {"weights.max_weight": 4.0}),
+    ],
+)
+def test_the_other_packaged_specs_resolve_every_method(spec_path, method, expected):
+    spec = load_spec(spec_path)
+    recipes = {m.name: method_recipe(spec, m, spec.seeds[-1]) for m in spec.methods}
+    assert all(r.seed == spec.seeds[-1] for r in recipes.values())
+    for key, value in expected.items():
+        section, name = key.split(".")
+        assert getattr(getattr(recipes[method], section), name) == value
+    assert spec.reference_method in recipes
