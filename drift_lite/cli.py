@@ -288,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"drift-lite: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # stdout closed early (`drift-lite check R | head`): as a Unix tool, stop quietly; point stdout at
+        # devnull so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the signal
     except OSError as e:
         # A file-system failure on a user path (read-only, full disk, a file where a folder is expected):
         # the path and the reason are the whole story, so one line, like a user mistake.

@@ -1,6 +1,8 @@
 """The `drift-lite` command on bad input: exit code 2, one line on stderr, no traceback, nothing written."""
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -250,3 +252,20 @@ def test_a_write_error_without_a_path_names_the_output(folder, capsys, monkeypat
     code = cli.main(["rollout", "recipe.yaml", "--out", "r.jsonl"])
     assert code == 2
     assert capsys.readouterr().err == "drift-lite: error: r.jsonl: No space left on device\n"
+
+
+def test_a_reader_that_stops_early_gets_no_error_line():
+    """`drift-lite check toy | true`: the closed pipe ends the command quietly, as a Unix tool does."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("drift-lite", path=os.path.dirname(sys.executable))
+    assert exe is not None
+    done = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; '{exe}' check toy | true; echo rc=$?"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "error" not in done.stderr.lower() and "Traceback" not in done.stderr
+    assert done.stdout.strip() == "rc=141"  # 128 + SIGPIPE
