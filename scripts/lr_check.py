@@ -87,7 +87,8 @@ def check(
         entry = {
             "lr": lr,
             "steps": summary["steps"],
-            "train_s": round(time.perf_counter() - start, 1),
+            # a finished adapter is reused: its own training time, not this call's
+            "train_s": round(summary.get("runtime_s", time.perf_counter() - start), 1),
             "first_logged_loss": None,
             "objective": objective(run_recipe, data, str(adapter)),
             "largest_lora_b": largest_lora_b(adapter),
