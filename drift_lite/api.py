@@ -62,6 +62,9 @@ def merge(parts: Sequence[PathLike], out: PathLike) -> dict:
     """
     from drift_lite.errors import UserError
 
+    missing = [os.fspath(p) for p in parts if not os.path.exists(p)]
+    if missing:
+        raise UserError(f"merge: no such part: {', '.join(missing)}")
     folders = [os.path.isdir(p) for p in parts]
     if parts and all(folders):
         from drift_lite.evaluation import merge_evals

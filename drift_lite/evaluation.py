@@ -6,7 +6,8 @@ From the CLI:
 Sharded (`--shard I/N`, or automatic under a launcher, as rollouts: `drift_lite.shards`): a shard plays the
 problems at positions I, I+N, ... of every eval set into its part folder (`eval-<set>.jsonl` and `shard.json`,
 its settings; no metrics), and `merge_evals` (`drift-lite merge PART_DIR... --out DIR`) joins the parts into
-the files a one-process evaluation writes. Rows are seeded per trajectory, so the merged rows are the same.
+the files a one-process evaluation writes. Rows are seeded per trajectory, so the merged rows are the same
+in float32 (in bf16 a row also depends on its batch and engine: `rollouts.arithmetic_settings`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from drift_lite.episodes import play_episodes
 from drift_lite.errors import UserError
 from drift_lite.files import read_json, write_json_atomic
 from drift_lite.jobs import make_jobs
-from drift_lite.rollouts import env_identity, episode_settings, load_shots
+from drift_lite.rollouts import arithmetic_settings, env_identity, episode_settings, load_shots
 from drift_lite.sampling import Sampling
 from drift_lite.shards import (
     check_shard,
@@ -90,6 +91,7 @@ def eval_settings(recipe, adapter: str | None = None) -> dict:
         "eval": {k: v for k, v in data["eval"].items() if k != "batch_size"},
         "task_seed": recipe.task.seed,
         "seed": recipe.seed,
+        **arithmetic_settings(recipe, recipe.eval.batch_size),  # bf16: the engine and batch flip near-ties
     }
     if adapter is not None:
         folder = Path(adapter).resolve()
@@ -148,11 +150,14 @@ def evaluate(
 
         def ready(part: Path, _: dict | None) -> bool:
             record = read_json(part / PART_RECORD)
-            return (
-                isinstance(record, dict)
-                and record.get("settings") == settings
-                and bool(record.get("complete"))
-            )
+            if not (isinstance(record, dict) and record.get("complete")):
+                return False
+            if record.get("settings") != settings:  # finished with other settings: waiting would never end
+                raise UserError(
+                    f"{part}: a finished evaluation part of other settings (another recipe, adapter path or "
+                    "adapter files); remove it and launch again"
+                )
+            return True
 
         wait_for_parts(parts[1:], ready)
         merged = merge_evals(parts, out_dir)["sets"]

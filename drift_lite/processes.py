@@ -7,7 +7,7 @@
 
 The children are the kit's own CLI commands, so a sharded step is exactly what a user runs by hand, and a
 child that dies (a kill, out of memory) takes only its shard down: a rerun resumes the rollout parts that
-finished. Each child writes its output to `<run>/logs/<stage>-shard-<i>-of-<N>.log`; a failed one is one
+finished. Each child writes its output to `<run>/logs/<stage>-shard-<i>-<N>.log`; a failed one is one
 line naming the stage and the shard with the child's error line (a UserError, so the CLI exits 2).
 We start plain subprocesses rather than `multiprocessing` workers because torch's DDP launcher needs a
 command line anyway, and one way of starting children keeps the failure handling in one place.
@@ -91,7 +91,8 @@ def error_line(log: Path) -> str:
     except OSError:
         return "(no log)"
     for pattern in (r"^drift-lite: error: ", r"^[\w.]*(Error|Exception|Interrupt)\b"):
-        found = [line for line in lines if re.match(pattern, line)]
+        # torchrun's own ChildFailedError wraps the child's error, which it printed above: keep the child's
+        found = [line for line in lines if re.match(pattern, line) and "ChildFailedError" not in line]
         if found:
             return re.sub(r"^drift-lite: error: ", "", found[-1])
     return lines[-1] if lines else "(nothing written)"

@@ -300,20 +300,32 @@ def _remove_own_temps(out_path: Path) -> int:
     return removed
 
 
+def arithmetic_settings(recipe, batch_size: int) -> dict:
+    """What decides the order of a row's arithmetic: nothing in float32, where rows do not depend on their
+    batch or engine (per-trajectory seeds; tested), but in bf16/fp16 the engine, KV reuse and batch size,
+    which flip near-ties (measured on SmolLM2: 2 of 24 greedy trajectories differ across engines in bf16,
+    docs/cpu-model.md)."""
+    if recipe.model.dtype == "float32":
+        return {}
+    r = recipe.rollout
+    return {"engine": r.engine, "prefix_cache": r.prefix_cache, "batch_size": batch_size}
+
+
 def rollout_settings(recipe) -> dict:
-    """Everything a rollout file depends on (compared on resume); not the device, batch size, engine or KV
-    reuse."""
+    """Everything a rollout file depends on (compared on resume); not the device, and in float32 not the
+    batch size, engine or KV reuse (`arithmetic_settings`)."""
     from drift_lite.models import model_identity
 
     data = recipe.to_dict()
     picked = {k: data[k] for k in ("task", "rollout", "seed")}
     picked["model"] = model_identity(recipe.model, recipe.toy)
     picked["env"] = env_identity(recipe)
-    # Rows do not depend on their batch (per-trajectory seeds), so a run may resume with another batch size
-    # or engine.
+    # In float32 rows do not depend on their batch (per-trajectory seeds), so a run may resume with another
+    # batch size or engine; in reduced precision these are kept (arithmetic_settings).
     picked["rollout"] = {
         k: v for k, v in picked["rollout"].items() if k not in ("batch_size", "engine", "prefix_cache")
     }
+    picked["rollout"].update(arithmetic_settings(recipe, recipe.rollout.batch_size))
     return json.loads(json.dumps(picked))
 
 

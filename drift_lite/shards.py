@@ -7,7 +7,7 @@ prompts (often of one family and difficulty) spread over all shards, and `merge`
 interleaving the parts, so it needs no recipe. A shard's settings file (`<part>.settings.json`) records the
 run's rollout settings, the shard and a hash of the run's whole ordered prompt list; `merge` checks all of
 them. Rows are seeded per trajectory (`sampling.trajectory_key`), so merged parts hold the bytes a
-one-process run writes.
+one-process run writes in float32 (in bf16 a row also depends on its batch: `rollouts.arithmetic_settings`).
 
 Under `accelerate launch` (or torchrun) the shard comes from the RANK / WORLD_SIZE environment variables that
 the launcher sets for every process: no process group is needed for rollouts (no communication, no NCCL

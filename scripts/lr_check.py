@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path of the user's (--out a file, a read-only folder): one line, not a traceback
+        print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(markdown(results), end="")
     return 0
 

@@ -334,3 +334,35 @@ def test_the_cli_evaluates_a_shard_and_merges_folders(base_dir, eval_parts, tmp_
     assert (tmp_path / "m" / "eval-toy7.jsonl").read_bytes() == (one / "eval-toy7.jsonl").read_bytes()
     assert cli.main(["merge", str(parts[0]), str(tmp_path / "m" / "eval-toy7.jsonl"), "--out", "x"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_under_a_launcher_rank_0_refuses_a_finished_part_of_other_settings(base_dir, monkeypatch, tmp_path):
+    """A finished part of another recipe is refused in one line, not waited for forever."""
+    out = tmp_path / "eval"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    evaluate(sharded_recipe(base_dir, "seed=7"), out, show_progress=False)  # rank 1 with another seed
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(UserError, match="shard-1-of-2: a finished evaluation part of other settings"):
+        evaluate(sharded_recipe(base_dir), out, show_progress=False)
+
+
+def test_merge_names_a_part_that_does_not_exist(eval_parts, tmp_path):
+    import drift_lite as dl
+
+    _, parts = eval_parts
+    with pytest.raises(UserError, match="no such part: .*typo"):
+        dl.merge([parts[0], tmp_path / "typo"], tmp_path / "m")
+
+
+def test_eval_settings_hold_the_engine_and_batch_size_in_reduced_precision_only():
+    from drift_lite.evaluation import eval_settings
+    from drift_lite.recipe import load_recipe
+
+    def settings(*overrides):
+        return eval_settings(load_recipe(None, list(overrides)))
+
+    assert settings("eval.batch_size=3") == settings("eval.batch_size=5")  # float32: rows do not depend on it
+    bf16 = ("model.dtype=bfloat16",)
+    assert settings(*bf16, "eval.batch_size=3") != settings(*bf16, "eval.batch_size=5")
+    assert settings(*bf16) != settings(*bf16, "rollout.engine=token")

@@ -58,3 +58,12 @@ def test_a_missing_data_file_is_one_line_and_exit_2(tmp_path, lr_check, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "nope.jsonl" in err and err.count("\n") == 1
+
+
+def test_an_out_that_is_a_file_is_one_line_and_exit_2(tmp_path, lr_check, capsys):
+    (tmp_path / "f").write_text("x")
+    data = write_rows(tmp_path / "w.jsonl", make_rows(2))
+    code = lr_check.main(["toy", "--data", str(data), "--out", str(tmp_path / "f"), "--lr", "1e-4"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "f") in err and err.count("\n") == 1

@@ -113,3 +113,14 @@ def test_more_processes_than_gpus_is_refused_for_a_cuda_run(monkeypatch):
     with pytest.raises(UserError, match="--processes 2: 1 CUDA device.* one process per GPU"):
         check_devices(model, 2)
     check_devices(load_recipe(None, ["model.device=cpu"]).model, 2)  # CPU processes share the cores
+
+
+def test_the_error_line_of_a_launched_child_is_its_own_not_torchruns(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text(
+        "Traceback (most recent call last):\n"
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+        "Traceback (most recent call last):\n"
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+    )
+    assert error_line(log).startswith("torch.OutOfMemoryError: CUDA out of memory")

@@ -333,3 +333,13 @@ def test_a_task_size_beyond_the_source_is_said_not_shrunk_silently(recipe_path, 
     err = capsys.readouterr().err
     assert f"task.size 5 > 3 problems in {source}: using 3" in err
     assert stats["prompts"] == 3
+
+
+def test_in_reduced_precision_the_engine_and_batch_size_are_rollout_settings():
+    """bf16 flips near-ties with the order of the arithmetic (docs/cpu-model.md): a resume must not mix."""
+    bf16 = load_recipe(None, ["model.dtype=bfloat16"])
+    base = rollout_settings(bf16)
+    for override in ["rollout.engine=token", "rollout.batch_size=3", "rollout.prefix_cache=true"]:
+        assert base != rollout_settings(load_recipe(None, ["model.dtype=bfloat16", override])), override
+    fp32 = rollout_settings(load_recipe(None, ["model.dtype=float32"]))
+    assert fp32 == rollout_settings(load_recipe(None, ["model.dtype=float32", "rollout.engine=token"]))

@@ -84,3 +84,8 @@ def test_env_shots_give_each_problem_a_choice_example():
         ((shot, content),) = arith_choice.worked_examples(1, avoid=job.episode.problem)
         assert messages[1]["content"] == chat.first_user_message(shot, "simple", 5)
         assert messages[2]["content"] == content and content.endswith(f"<answer>{shot.gold}</answer>")
+
+
+def test_the_docstring_example_is_the_problem():
+    assert arith_choice.make_problem(7, 35).question == "What is 7+35?\nA. 51\nB. 42\nC. 40\nD. 33"
+    assert '"A. 51", "B. 42", "C. 40", "D. 33"' in arith_choice.__doc__

@@ -1,6 +1,6 @@
 """Additions as four-option multiple choice: a task where a small chat model can correct itself.
 
-"What is 7+35?" with options "A. 41", "B. 42", "C. 52", "D. 32", gold the letter of the sum, family `choice`
+"What is 7+35?" with options "A. 51", "B. 42", "C. 40", "D. 33", gold the letter of the sum, family `choice`
 (the release's multiple-choice instruction, letters A-D), checked by the `letter` checker. The operands come
 from the `arith` task's pools: the same classes, the same held-out pairs and the same mix (the draw itself is
 this task's own).
