@@ -236,6 +236,8 @@ def _evaluate_sets(
         metrics = compute_metrics(rows, max_turns)
         if shard is None:  # a part's metrics are not the set's: `merge_evals` writes them
             _write_metrics(out_dir / f"eval-{name}.json", metrics)
+        else:  # nor may a whole-set evaluation's metrics stay beside a part's rows
+            (out_dir / f"eval-{name}.json").unlink(missing_ok=True)
         seconds = round(time.perf_counter() - start, 3)
         results[name] = {
             "metrics": metrics,

@@ -366,3 +366,14 @@ def test_eval_settings_hold_the_engine_and_batch_size_in_reduced_precision_only(
     bf16 = ("model.dtype=bfloat16",)
     assert settings(*bf16, "eval.batch_size=3") != settings(*bf16, "eval.batch_size=5")
     assert settings(*bf16) != settings(*bf16, "rollout.engine=token")
+
+
+def test_a_part_written_over_a_whole_evaluation_leaves_no_whole_set_metrics(base_dir, eval_parts, tmp_path):
+    import shutil
+
+    one, _ = eval_parts
+    folder = tmp_path / "was-whole"
+    shutil.copytree(one, folder)
+    assert (folder / "eval-toy7.json").is_file()
+    evaluate(sharded_recipe(base_dir), folder, show_progress=False, shard=(1, 2))
+    assert not (folder / "eval-toy7.json").exists() and (folder / "shard.json").is_file()
