@@ -36,6 +36,17 @@ def _accepts_logits_to_keep(model) -> bool:
         return False
 
 
+def scored_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor):
+    """Logits [n_scored, vocab] at the positions `keep` marks (position t predicts token t+1)."""
+    if _accepts_logits_to_keep(model):
+        # Project only the positions that are scored onto the vocabulary: prompts are most of each sequence.
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False
+        ).logits
+        return logits[keep] if logits.dim() == 3 else logits  # 3 dims: a model that ignored the mask
+    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[keep]
+
+
 def sequence_nll(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
@@ -43,17 +54,7 @@ def sequence_nll(
     targets = labels[:, 1:]
     keep = targets != IGNORE  # position t predicts token t+1
     keep_full = torch.cat([keep, torch.zeros_like(keep[:, :1])], dim=1)
-    if _accepts_logits_to_keep(model):
-        # Project only the positions that are scored onto the vocabulary: prompts are most of each sequence.
-        out = model(
-            input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep_full, use_cache=False
-        )
-        logits = out.logits
-        if logits.dim() == 3:  # a model that ignored the boolean mask
-            logits = logits[keep_full]
-    else:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        logits = out.logits[keep_full]
+    logits = scored_logits(model, input_ids, attention_mask, keep_full)
     nll = F.cross_entropy(logits.float(), targets[keep], reduction="none")
     rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(keep)[keep]
     per_row = torch.zeros(labels.shape[0], dtype=nll.dtype, device=nll.device).index_add_(0, rows, nll)

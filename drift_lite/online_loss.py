@@ -13,14 +13,13 @@ against the hand formula on a bandit).
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
 import torch.nn.functional as F
 
 from drift_lite.examples import Example, example_spans
-from drift_lite.loss import IGNORE
+from drift_lite.loss import IGNORE, scored_logits
 
 
 def ufo_reward(row: dict, repeat_coef: float) -> float:
@@ -66,24 +65,6 @@ def episode_example(
         labels[a:b] = ids[a:b]
     end = spans[-1][1] if spans else len(ids)
     return Example(ids[:end], labels[:end], advantage, row)
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def scored_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor):
-    """Logits [n_scored, vocab] at the positions `keep` marks (position t predicts token t+1)."""
-    if _accepts_logits_to_keep(model):  # project only the scored positions onto the vocabulary
-        logits = model(
-            input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False
-        ).logits
-        return logits[keep] if logits.dim() == 3 else logits
-    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[keep]
 
 
 def micro_batch_loss(
