@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from drift_lite.compare_stats import run_name  # noqa: F401 (re-exported)
+from drift_lite.compare_stats import run_name
 from drift_lite.errors import UserError
 from drift_lite.files import atomic_writer, read_json, settings_hash, write_json_atomic
 from drift_lite.recipe import Recipe, load_recipe, resolve_source

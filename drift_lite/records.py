@@ -23,7 +23,7 @@ from typing import IO, Any
 import orjson
 
 from drift_lite.errors import UserError
-from drift_lite.files import atomic_writer, check_output_path, write_json_atomic  # noqa: F401 (re-exported)
+from drift_lite.files import atomic_writer, check_output_path
 
 PathLike = str | os.PathLike[str]
 

@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 from drift_lite.env import EpisodeSettings
 from drift_lite.episodes import play_episodes
 from drift_lite.errors import UserError
-from drift_lite.files import changed_keys, exclusive_lock, read_json, write_json_atomic  # noqa: F401 (re-exported)
+from drift_lite.files import changed_keys, check_output_path, exclusive_lock, read_json, write_json_atomic
 from drift_lite.jobs import Job, Shots, make_jobs
-from drift_lite.records import fingerprint_path  # noqa: F401 (re-exported)
+from drift_lite.records import fingerprint_path
 from drift_lite.records_resume import read_complete_groups
 from drift_lite.sampling import Sampling
 from drift_lite.shards import (
@@ -46,10 +46,8 @@ __all__ = [
     "GroupWriter",
     "Job",
     "Sampling",
-    "changed_keys",
     "env_identity",
     "episode_settings",
-    "fingerprint_path",
     "is_complete",
     "load_shots",
     "make_jobs",
@@ -116,12 +114,11 @@ def rollout(
     `engine` (what `play_episodes` reports ran), plus `shard` ("i/n") when sharded; they are also written to
     the fingerprint file. Example: `rollout(load_recipe("toy"), "runs/x/rollouts.jsonl")["engine"]["engine"]`.
     """
-    from drift_lite import records
     from drift_lite.recipe import check_recipe
     from drift_lite.tasks import load_problems
 
     out_path = Path(out_path)
-    records.check_output_path(out_path)
+    check_output_path(out_path)
     check_recipe(recipe)  # load_recipe checked it already; a Recipe built in code has not been
     shots = load_shots(recipe)  # env.shots is refused before any data loads
     auto = shard is None and env_shard() is not None

@@ -25,7 +25,14 @@ from typing import NamedTuple
 
 from drift_lite import records
 from drift_lite.errors import UserError
-from drift_lite.files import atomic_writer, exclusive_lock, read_json, settings_hash, write_json_atomic
+from drift_lite.files import (
+    atomic_writer,
+    check_output_path,
+    exclusive_lock,
+    read_json,
+    settings_hash,
+    write_json_atomic,
+)
 
 __all__ = [
     "Group",
@@ -236,7 +243,7 @@ def merge(parts: list[str | os.PathLike], out: str | os.PathLike) -> dict:
     paths, out = [Path(p) for p in parts], Path(out)
     if not paths:
         raise UserError("merge: no parts given")
-    records.check_output_path(out)
+    check_output_path(out)
     for path in paths:
         if not path.is_file():
             raise UserError(f"{path}: no such file")

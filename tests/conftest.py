@@ -40,3 +40,15 @@ def one_torch_thread():
 def tiny_lm():
     """A shared tiny random model + tokenizer (do not train it in place)."""
     return make_tiny_lm()
+
+
+# The smallest whole toy run (a 10-step toy reference, 8 prompts x 2 samples, 8 eval problems): the end-to-end
+# tests add their training settings to it.
+TINY_TOY_RUN = [
+    "toy.steps=10",
+    "toy.hidden_size=32",
+    "toy.threads=1",
+    "task.size=8",
+    "rollout.n_samples=2",
+    "eval.sets=[{task: toy, size: 8}]",
+]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_TOY_RUN
 
 from drift_lite import compare as compare_mod
 from drift_lite.compare import compare, load_spec, method_recipe, write_results
@@ -371,12 +372,7 @@ def test_toy_specs_load_and_name_every_method(spec_name):
 def test_two_methods_two_seeds_end_to_end(tmp_path):
     """The real `drift-lite run` behind compare, tiny toy settings: 2 methods × 2 seeds, then a resume."""
     small = [
-        "toy.steps=10",
-        "toy.hidden_size=32",
-        "toy.threads=1",
-        "task.size=8",
-        "rollout.n_samples=2",
-        "eval.sets=[{task: toy, size: 8}]",
+        *TINY_TOY_RUN,
         "train.batch_size=4",
         "train.grad_accum=1",
         "train.epochs=1",

@@ -13,16 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_TOY_RUN
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH = "torch==2.13.0"  # keep in step with TORCH in the Makefile
 SMALL = [
-    "toy.steps=10",
-    "toy.hidden_size=32",
-    "toy.threads=1",
-    "task.size=8",
-    "rollout.n_samples=2",
-    "eval.sets=[{task: toy, size: 8}]",
+    *TINY_TOY_RUN,
     "train.batch_size=2",
     "train.grad_accum=1",
     "train.max_steps=4",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_TOY_RUN
 
 from drift_lite.metrics import recompute_matches
 from drift_lite.records import iter_rows
@@ -26,12 +27,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "toy" / "drift.yaml"
 SMALL = [
-    "toy.steps=10",
-    "toy.hidden_size=32",
-    "toy.threads=1",
-    "task.size=8",
-    "rollout.n_samples=2",
-    "eval.sets=[{task: toy, size: 8}]",
+    *TINY_TOY_RUN,
     "train.save_steps=1",
     "train.batch_size=2",
     "train.grad_accum=1",

@@ -18,8 +18,8 @@ from drift_lite import chat, records
 from drift_lite.env import EpisodeSettings
 from drift_lite.errors import UserError
 from drift_lite.recipe import load_recipe
+from drift_lite.records import fingerprint_path
 from drift_lite.rollouts import (
-    fingerprint_path,
     is_complete,
     load_shots,
     make_jobs,

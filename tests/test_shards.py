@@ -16,7 +16,8 @@ import yaml
 from drift_lite.errors import UserError
 from drift_lite.files import exclusive_lock
 from drift_lite.recipe import load_recipe
-from drift_lite.rollouts import fingerprint_path, is_complete, rollout
+from drift_lite.records import fingerprint_path
+from drift_lite.rollouts import is_complete, rollout
 from drift_lite.shards import (
     check_shard,
     env_shard,
